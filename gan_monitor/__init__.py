@@ -1,0 +1,25 @@
+"""gan_monitor: GAN Dissection (Bau et al., ICLR 2019) for everyday GAN training."""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "dissect": "gan_monitor.dissection",
+    "DissectionResult": "gan_monitor.dissection",
+    "LayerDissection": "gan_monitor.dissection",
+    "Trace": "gan_monitor.tracing",
+    "Edit": "gan_monitor.tracing",
+    "Segmenter": "gan_monitor.segmenters",
+    "DissectionMonitor": "gan_monitor.callback",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'gan_monitor' has no attribute {name!r}")
+
+
+__all__ = ["__version__", *_LAZY]
