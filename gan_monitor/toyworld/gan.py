@@ -1,0 +1,268 @@
+"""The toy GAN: a small progressive-GAN-like generator that learns the procedural
+scenes of the toy world on a CPU in minutes.
+
+Generator (default 64x64, ``g_channels=(256, 128, 64, 32)``)::
+
+    z [N, latent_dim]
+    layer1  linear -> 4x4, pixel norm, leaky ReLU           [N, 256,  4,  4]
+    layer2  2x upsample, 3x3 conv, pixel norm, leaky ReLU   [N, 128,  8,  8]
+    layer3  2x upsample, 3x3 conv, pixel norm, leaky ReLU   [N,  64, 16, 16]
+    layer4  2x upsample, 3x3 conv, pixel norm, leaky ReLU   [N,  32, 32, 32]
+    output  2x upsample, 3x3 conv to RGB, tanh              [N,   3, 64, 64]
+
+Nearest-neighbour upsampling followed by a convolution (rather than transposed
+convolutions) avoids checkerboard artifacts. Pixel norm (ProGAN) keeps no running
+statistics, so the generator computes the same image for a latent in train and
+eval mode and regardless of the other latents in the batch, which is what
+dissection and interventions need. The discriminator mirrors the generator with
+strided convolutions under spectral norm; the loss is the non-saturating GAN loss.
+
+``ToyGAN`` is a LightningModule with manual optimisation (one discriminator step,
+then one generator step per batch) and its own ``train_dataloader`` over the
+toy-world scenes, so ``lightning.pytorch.Trainer(max_steps=...).fit(ToyGAN())``
+trains it.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["ToyGenerator", "ToyDiscriminator", "ToyGAN", "load_toygan"]
+
+
+class PixelNorm(nn.Module):
+    """Scale each pixel's feature vector to unit root-mean-square (ProGAN)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + 1e-8)
+
+
+class InputBlock(nn.Module):
+    """Latent ``[N, latent_dim]`` -> featuremap ``[N, channels, 4, 4]``."""
+
+    def __init__(self, latent_dim: int, channels: int):
+        super().__init__()
+        self.channels = channels
+        self.linear = nn.Linear(latent_dim, channels * 16)
+        self.norm = PixelNorm()
+        self.act = nn.LeakyReLU(0.2)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.linear(z).view(z.shape[0], self.channels, 4, 4)
+        return self.act(self.norm(x))
+
+
+class UpBlock(nn.Module):
+    """Double the resolution: nearest upsample, 3x3 conv, pixel norm, leaky ReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.norm = PixelNorm()
+        self.act = nn.LeakyReLU(0.2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, scale_factor=2, mode="nearest")
+        return self.act(self.norm(self.conv(x)))
+
+
+class ToRGB(nn.Module):
+    """Last block: nearest upsample, 3x3 conv to 3 channels, tanh -> image in [-1, 1]."""
+
+    def __init__(self, in_channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, 3, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, scale_factor=2, mode="nearest")
+        return torch.tanh(self.conv(x))
+
+
+def _check_architecture(image_size: int, channels: Sequence[int], what: str) -> None:
+    if image_size < 8 or image_size & (image_size - 1):
+        raise ValueError(
+            f"image_size must be a power of two >= 8, got {image_size}; use e.g. 32, 64 or 128."
+        )
+    needed = int(math.log2(image_size)) - 2
+    if len(channels) != needed or any(int(c) < 1 for c in channels):
+        raise ValueError(
+            f"{what} must list {needed} positive channel widths for image_size={image_size} "
+            f"(one per resolution from 4x4 up to {image_size // 2}x{image_size // 2}), "
+            f"got {tuple(channels)}; e.g. {tuple(min(512, 32 * 2 ** i) for i in reversed(range(needed)))}."
+        )
+
+
+class ToyGenerator(nn.Module):
+    """Maps latents ``z [N, latent_dim]`` to images ``[N, 3, S, S]`` in [-1, 1].
+
+    Blocks are named ``layer1`` ... ``layerK`` (K = ``len(channels)``), each returning a
+    featuremap ``[N, channels[i], 4 * 2**i, 4 * 2**i]``; the final block ``output``
+    returns the image. ``layer_names`` lists the dissectable blocks.
+    """
+
+    def __init__(
+        self, latent_dim: int = 128, image_size: int = 64, channels: Sequence[int] = (256, 128, 64, 32)
+    ):
+        super().__init__()
+        _check_architecture(image_size, channels, "generator channels")
+        if latent_dim < 1:
+            raise ValueError(f"latent_dim must be a positive integer, got {latent_dim}.")
+        self.latent_dim = int(latent_dim)
+        self.image_size = int(image_size)
+        channels = [int(c) for c in channels]
+        self.layer_names = [f"layer{i + 1}" for i in range(len(channels))]
+        self.add_module("layer1", InputBlock(self.latent_dim, channels[0]))
+        for i in range(1, len(channels)):
+            self.add_module(f"layer{i + 1}", UpBlock(channels[i - 1], channels[i]))
+        self.output = ToRGB(channels[-1])
+
+    def featuremap_shapes(self) -> dict[str, tuple[int, int, int]]:
+        """``{layer name: (units, height, width)}`` of each named block's output."""
+        return {
+            name: (getattr(self, name).channels if i == 0 else getattr(self, name).conv.out_channels,
+                   4 * 2**i, 4 * 2**i)
+            for i, name in enumerate(self.layer_names)
+        }
+
+    def sample_latents(self, n: int, seed: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """``n`` standard-normal latents from a private seeded generator (global RNG untouched)."""
+        gen = torch.Generator().manual_seed(int(seed))
+        return torch.randn(int(n), self.latent_dim, generator=gen).to(device)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if z.dim() != 2 or z.shape[1] != self.latent_dim:
+            raise ValueError(
+                f"the generator takes latents of shape [N, {self.latent_dim}], got {tuple(z.shape)}; "
+                f"draw them with e.g. torch.randn(N, {self.latent_dim})."
+            )
+        x = z
+        for name in self.layer_names:
+            x = getattr(self, name)(x)
+        return self.output(x)
+
+
+class ToyDiscriminator(nn.Module):
+    """Images ``[N, 3, S, S]`` -> one realness logit per image ``[N]``.
+
+    Strided 4x4 convolutions halve the resolution down to 4x4 (``channels`` from the
+    finest to the coarsest resolution), then a linear layer; all weights under
+    spectral norm, leaky ReLU activations.
+    """
+
+    def __init__(self, image_size: int = 64, channels: Sequence[int] = (32, 64, 128, 256)):
+        super().__init__()
+        _check_architecture(image_size, channels, "discriminator channels")
+        sn = nn.utils.parametrizations.spectral_norm
+        layers: list[nn.Module] = []
+        prev = 3
+        for c in channels:
+            layers += [sn(nn.Conv2d(prev, int(c), 4, stride=2, padding=1)), nn.LeakyReLU(0.2)]
+            prev = int(c)
+        self.features = nn.Sequential(*layers)
+        self.classifier = sn(nn.Linear(prev * 16, 1))
+        self.image_size = int(image_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != 3 or x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
+            raise ValueError(
+                f"the discriminator takes images of shape [N, 3, {self.image_size}, {self.image_size}], "
+                f"got {tuple(x.shape)}."
+            )
+        return self.classifier(self.features(x).flatten(1)).squeeze(1)
+
+
+class ToyGAN(pl.LightningModule):
+    """The toy GAN as a LightningModule: ``Trainer(max_steps=...).fit(ToyGAN())``.
+
+    Args:
+        latent_dim: size of the latent vector z.
+        image_size: side of the square images (power of two >= 8).
+        g_channels: generator widths from 4x4 up to image_size/2 (``layer1``...).
+        d_channels: discriminator widths from image_size/2 down to 4x4.
+        lr_g, lr_d: Adam learning rates of generator and discriminator.
+        betas: Adam betas (shared).
+        batch_size: scenes per training batch.
+        num_scenes: number of procedural training scenes rendered once at start.
+        data_seed: seed of the scene renderer and of the shuffling order.
+    """
+
+    def __init__(
+        self,
+        latent_dim: int = 128,
+        image_size: int = 64,
+        g_channels: Sequence[int] = (256, 128, 64, 32),
+        d_channels: Sequence[int] = (32, 64, 128, 256),
+        lr_g: float = 2e-4,
+        lr_d: float = 2e-4,
+        betas: Sequence[float] = (0.5, 0.99),
+        batch_size: int = 32,
+        num_scenes: int = 4096,
+        data_seed: int = 0,
+    ):
+        super().__init__()
+        if batch_size < 1 or num_scenes < batch_size:
+            raise ValueError(
+                f"need 1 <= batch_size <= num_scenes, got batch_size={batch_size}, "
+                f"num_scenes={num_scenes}; render more scenes or use smaller batches."
+            )
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        self.generator = ToyGenerator(latent_dim, image_size, g_channels)
+        self.discriminator = ToyDiscriminator(image_size, d_channels)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.generator(z)
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
+        from .scenes import SceneDataset
+
+        hp = self.hparams
+        data = SceneDataset(hp.num_scenes, seed=hp.data_seed, size=hp.image_size)
+        order = torch.Generator().manual_seed(hp.data_seed)  # shuffling leaves the global RNG alone
+        return torch.utils.data.DataLoader(
+            data, batch_size=hp.batch_size, shuffle=True, drop_last=True, generator=order
+        )
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        betas = tuple(float(b) for b in hp.betas)
+        opt_g = torch.optim.Adam(self.generator.parameters(), lr=hp.lr_g, betas=betas)
+        opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=hp.lr_d, betas=betas)
+        return [opt_g, opt_d]
+
+    def training_step(self, batch, batch_idx):
+        real = batch[0] if isinstance(batch, (list, tuple)) else batch
+        real = real.float()
+        opt_g, opt_d = self.optimizers()
+        z = torch.randn(real.shape[0], self.hparams.latent_dim, device=self.device)
+        fake = self.generator(z)
+
+        # Discriminator: non-saturating loss, softplus(-D(real)) + softplus(D(fake)).
+        self.toggle_optimizer(opt_d)
+        d_loss = F.softplus(-self.discriminator(real)).mean() + F.softplus(
+            self.discriminator(fake.detach())
+        ).mean()
+        opt_d.zero_grad()
+        self.manual_backward(d_loss)
+        opt_d.step()
+        self.untoggle_optimizer(opt_d)
+
+        # Generator: softplus(-D(G(z))) through the freshly updated discriminator.
+        self.toggle_optimizer(opt_g)
+        g_loss = F.softplus(-self.discriminator(fake)).mean()
+        opt_g.zero_grad()
+        self.manual_backward(g_loss)
+        opt_g.step()
+        self.untoggle_optimizer(opt_g)
+
+        self.log_dict({"g_loss": g_loss.detach(), "d_loss": d_loss.detach()}, prog_bar=True)
+
+
+def load_toygan(checkpoint_path: str, map_location: str | torch.device = "cpu") -> ToyGAN:
+    """Load a ToyGAN saved by a Lightning Trainer (e.g. ``scripts/train_toygan.py``)."""
+    return ToyGAN.load_from_checkpoint(checkpoint_path, map_location=map_location, weights_only=True)
