@@ -1,0 +1,398 @@
+"""``DissectionMonitor``: a Lightning callback that dissects the generator during training.
+
+Thin glue: scheduling, held-out inputs, checkpoint state and error policy live
+here; the numbers come from :func:`gan_monitor.dissection.dissect`, the pictures
+from :mod:`gan_monitor.unit_images`/:mod:`gan_monitor.visualize` and the logging
+from :mod:`gan_monitor.sinks`.
+
+Two classes share one implementation: :class:`DissectionMonitor` for
+``lightning.pytorch`` and :class:`DissectionMonitorPL` for ``pytorch_lightning``
+(a Trainer accepts only callbacks of its own framework).
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+import warnings
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["DissectionMonitor", "DissectionMonitorPL"]
+
+_THRESHOLD_MODES = ("quantile", "iqr")
+_IOU_MODES = ("plain", "category")
+_STATE_VERSION = 1
+
+
+def _positive_int(name: str, value, allow_none: bool = False):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        hint = " or None" if allow_none else ""
+        raise ValueError(f"{name} must be a positive integer{hint}, got {value!r}.")
+    return int(value)
+
+
+def _describe(generator) -> str:
+    if isinstance(generator, str):
+        return generator
+    return getattr(generator, "__qualname__", type(generator).__name__)
+
+
+class _MonitorLogic:
+    """The callback's behaviour, mixed into a framework's ``Callback`` class below."""
+
+    def __init__(
+        self,
+        layers: str | Sequence[str],
+        segmenter,
+        *,
+        generator: str | Callable[[nn.Module], nn.Module] = "generator",
+        every_n_steps: int | None = None,
+        every_n_epochs: int | None = 1,
+        on_train_start: bool = True,
+        n: int = 1000,
+        seed: int = 0,
+        input_fn: Callable | None = None,
+        threshold: str = "quantile",
+        quantile: float = 0.01,
+        iou: str = "plain",
+        cutoff: float = 0.05,
+        batch_size: int = 100,
+        top_units: int = 8,
+        top_images: int = 5,
+        log_images: bool = True,
+        strict: bool = False,
+    ):
+        from .segmenters import validate_segmenter
+        from .sinks import DissectionWriter
+
+        super().__init__()
+        if isinstance(layers, str):
+            layers = [layers]
+        layers = list(layers)
+        if not layers or not all(isinstance(x, str) and x for x in layers):
+            raise ValueError(
+                f"layers must be a non-empty list of module names, e.g. ['layer3', 'layer4'], got {layers!r}."
+            )
+        if len(set(layers)) != len(layers):
+            raise ValueError(f"layers lists a name twice: {layers!r}.")
+        validate_segmenter(segmenter)
+        if not (isinstance(generator, str) and generator) and not callable(generator):
+            raise TypeError(
+                "generator must be an attribute path on the LightningModule (e.g. 'generator' or "
+                f"'nets.g_ema') or a callable module -> nn.Module, got {generator!r}."
+            )
+        every_n_steps = _positive_int("every_n_steps", every_n_steps, allow_none=True)
+        every_n_epochs = _positive_int("every_n_epochs", every_n_epochs, allow_none=True)
+        if every_n_steps is None and every_n_epochs is None and not on_train_start:
+            raise ValueError(
+                "nothing is scheduled: set every_n_steps (training batches) or every_n_epochs."
+            )
+        if threshold not in _THRESHOLD_MODES:
+            raise ValueError(f"threshold must be one of {_THRESHOLD_MODES}, got {threshold!r}.")
+        if iou not in _IOU_MODES:
+            raise ValueError(f"iou must be one of {_IOU_MODES}, got {iou!r}.")
+        if not 0.0 < float(quantile) < 1.0:
+            raise ValueError(f"quantile must lie in (0, 1) (0.01 = top 1% of pixels), got {quantile!r}.")
+        if not 0.0 <= float(cutoff) <= 1.0:
+            raise ValueError(f"cutoff is an IoU and must lie in [0, 1], got {cutoff!r}.")
+        if input_fn is not None and not callable(input_fn):
+            raise TypeError(f"input_fn must be callable or None, got {type(input_fn).__name__}.")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"seed must be an integer, got {seed!r}.")
+        self.layers = layers
+        self.segmenter = segmenter
+        self.generator = generator
+        self.every_n_steps = every_n_steps
+        # A step schedule replaces the epoch schedule (see the class docstring).
+        self.every_n_epochs = every_n_epochs if every_n_steps is None else None
+        self.dissect_on_train_start = bool(on_train_start)
+        self.n = _positive_int("n", n)
+        self.seed = int(seed)
+        self.input_fn = input_fn
+        self.threshold = threshold
+        self.quantile = float(quantile)
+        self.iou = iou
+        self.cutoff = float(cutoff)
+        self.batch_size = _positive_int("batch_size", batch_size)
+        self.top_units = _positive_int("top_units", top_units)
+        self.top_images = _positive_int("top_images", top_images)
+        self.log_images = bool(log_images)
+        self.strict = bool(strict)
+        self._writer = DissectionWriter(log_images=log_images, top_units=top_units)
+        # state kept in checkpoints
+        self.batches_seen = 0  # training batches completed (not optimizer steps)
+        self.last_step: int | None = None  # logger step of the last dissection
+        self.history: list[dict[str, Any]] = []
+        self.failures = 0
+        self._inputs_checksum: str | None = None
+        # runtime only
+        self.last_result = None
+        self._inputs = None
+        self._inputs_device: torch.device | None = None
+        self._warned_failure = False
+
+    # ---- identity and checkpoint state -----------------------------------------
+    @property
+    def state_key(self) -> str:
+        config = dict(layers=self.layers, generator=_describe(self.generator), n=self.n,
+                      seed=self.seed, threshold=self.threshold, quantile=self.quantile,
+                      iou=self.iou, cutoff=self.cutoff,
+                      every_n_steps=self.every_n_steps, every_n_epochs=self.every_n_epochs)
+        return f"DissectionMonitor{config!r}"
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": _STATE_VERSION,
+            "batches_seen": self.batches_seen,
+            "last_step": self.last_step,
+            "history": [dict(h) for h in self.history],
+            "failures": self.failures,
+            # what rebuilds the held-out inputs, and a checksum to verify them
+            "inputs": {"n": self.n, "seed": self.seed, "checksum": self._inputs_checksum},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.batches_seen = int(state.get("batches_seen", 0))
+        self.last_step = state.get("last_step")
+        self.history = [dict(h) for h in state.get("history", [])]
+        self.failures = int(state.get("failures", 0))
+        inputs = state.get("inputs", {})
+        self.n = int(inputs.get("n", self.n))
+        self.seed = int(inputs.get("seed", self.seed))
+        self._inputs_checksum = inputs.get("checksum")
+        self._inputs = None  # rebuilt from (n, seed) at the next dissection
+
+    # ---- Lightning hooks ------------------------------------------------------------
+    def setup(self, trainer, pl_module, stage: str | None = None) -> None:
+        if stage not in (None, "fit"):
+            return
+        self.resolve_generator(pl_module)  # raises now, before training starts
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self._skip(trainer) or not self.dissect_on_train_start:
+            return
+        if self.batches_seen == 0 and self.last_step is None:
+            self._dissect(trainer, pl_module, self._log_step(trainer, after_batch=False))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.sanity_checking:
+            return
+        self.batches_seen += 1
+        if self._skip(trainer) or self.every_n_steps is None:
+            return
+        if self.batches_seen % self.every_n_steps == 0:
+            self._dissect(trainer, pl_module, self._log_step(trainer, after_batch=True))
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if self._skip(trainer) or self.every_n_epochs is None:
+            return
+        if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+            self._dissect(trainer, pl_module, self._log_step(trainer, after_batch=False))
+
+    # ---- the work --------------------------------------------------------------------
+    def resolve_generator(self, pl_module) -> nn.Module:
+        """The generator to dissect; checks that the configured layers exist in it."""
+        from .tracing import layer_names, resolve_layer
+
+        if callable(self.generator) and not isinstance(self.generator, str):
+            gen = self.generator(pl_module)
+            where = f"generator callable {_describe(self.generator)}"
+        else:
+            gen = pl_module
+            for part in self.generator.split("."):
+                if not hasattr(gen, part):
+                    children = [name for name, _ in pl_module.named_children()]
+                    raise AttributeError(
+                        f"DissectionMonitor: {type(pl_module).__name__} has no attribute path "
+                        f"{self.generator!r} (stopped at {part!r}); its submodules are "
+                        f"{children}. Pass generator='<attribute path>' or a callable "
+                        "module -> generator."
+                    )
+                gen = getattr(gen, part)
+            where = f"{type(pl_module).__name__}.{self.generator}"
+        if not isinstance(gen, nn.Module):
+            raise TypeError(f"DissectionMonitor: {where} is a {type(gen).__name__}, not an nn.Module.")
+        missing = []
+        for layer in self.layers:
+            try:
+                resolve_layer(gen, layer)
+            except Exception:
+                missing.append(layer)
+        if missing:
+            raise ValueError(
+                f"DissectionMonitor: {where} has no layer(s) {missing}. Available layers: "
+                f"{', '.join(layer_names(gen))}."
+            )
+        return gen
+
+    def _skip(self, trainer) -> bool:
+        return bool(trainer.sanity_checking or getattr(trainer, "fast_dev_run", False)
+                    or not trainer.is_global_zero)
+
+    def _log_step(self, trainer, after_batch: bool) -> int:
+        """Step on Lightning's logging axis: batches that stepped (what ``self.log``
+        uses), counting the current batch in ``on_train_batch_end``."""
+        loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
+        step = getattr(loop, "_batches_that_stepped", None)
+        step = self.batches_seen if step is None else int(step) + int(after_batch)
+        if self.last_step is not None and step <= self.last_step:
+            step = self.last_step + 1  # never log one step twice
+        return step
+
+    def held_out_inputs(self, generator: nn.Module, device: torch.device):
+        """The held-out inputs, drawn once from a private seeded ``torch.Generator``."""
+        from .inputs import make_inputs
+
+        if self._inputs is None or self._inputs_device != device:
+            self._inputs = make_inputs(generator, self.n, self.seed, input_fn=self.input_fn,
+                                       device=device)
+            self._inputs_device = device
+            checksum = _checksum(self._inputs)
+            if self._inputs_checksum is not None and checksum != self._inputs_checksum:
+                warnings.warn(
+                    "gan_monitor: the held-out inputs rebuilt from the checkpoint's seed differ from "
+                    "the ones the checkpointed run used (another device or input_fn?); dissections "
+                    "before and after this point are not on the same samples.",
+                    stacklevel=2,
+                )
+            self._inputs_checksum = checksum
+        return self._inputs
+
+    def _dissect(self, trainer, pl_module, step: int) -> None:
+        started = time.perf_counter()
+        try:
+            device = pl_module.device
+            fork_devices = [device] if device.type == "cuda" else []
+            with torch.random.fork_rng(devices=fork_devices):
+                result, examples = self._measure(trainer, pl_module, device)
+                self.last_step = step  # from here on this step counts as logged
+                self._writer.write(trainer.loggers, result, step, examples)
+        except Exception as err:
+            if self.strict:
+                raise
+            self.failures += 1
+            if not self._warned_failure:
+                self._warned_failure = True
+                warnings.warn(
+                    f"gan_monitor: dissection at step {step} failed ({type(err).__name__}: {err}). "
+                    "Training continues without it; later failures are not reported. "
+                    "Pass strict=True to DissectionMonitor to raise instead.",
+                    stacklevel=2,
+                )
+            return
+        self.last_result = result
+        self.history.append({
+            "step": step, "batches": self.batches_seen, "epoch": int(trainer.current_epoch),
+            "layers": {name: _scalars(ld.summary) for name, ld in result.items()},
+            "seconds": round(time.perf_counter() - started, 3),
+        })
+
+    def _measure(self, trainer, pl_module, device):
+        from .dissection import dissect
+        from .unit_images import top_unit_examples
+
+        generator = self.resolve_generator(pl_module)
+        inputs = self.held_out_inputs(generator, device)
+        result = dissect(
+            generator, self.layers, self.segmenter, inputs=inputs, n=self.n, seed=self.seed,
+            threshold=self.threshold, quantile=self.quantile, iou=self.iou, cutoff=self.cutoff,
+            batch_size=self.batch_size, device=device, topk=self.top_images,
+        )
+        examples = None
+        if self.log_images and self._writer.rich_loggers(trainer.loggers):
+            examples = {
+                layer: top_unit_examples(generator, inputs, ld, self.top_units, self.top_images,
+                                         device=device)
+                for layer, ld in result.items()
+            }
+        return result, examples
+
+
+def _scalars(summary: dict[str, Any]) -> dict[str, Any]:
+    return {k: summary[k] for k in ("units", "interpretable_units", "concept_diversity", "mean_iou",
+                                    "per_category")}
+
+
+def _checksum(inputs) -> str:
+    """Hash of the held-out inputs' values (tensors found in nested containers)."""
+    h = hashlib.sha256()
+
+    def visit(x):
+        if isinstance(x, torch.Tensor):
+            h.update(x.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()
+                     if x.numel() else b"")
+            h.update(str((tuple(x.shape), x.dtype)).encode())
+        elif isinstance(x, dict):
+            for k in sorted(x, key=str):
+                h.update(str(k).encode())
+                visit(x[k])
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                visit(v)
+        else:
+            h.update(repr(x).encode())
+
+    visit(inputs)
+    return h.hexdigest()[:16]
+
+
+_DOC = """Dissect generator layers during training and log what emerges.
+
+    Args:
+        layers: module names inside the generator (``gan_monitor.tracing.layer_names``).
+        segmenter: a :class:`gan_monitor.segmenters.Segmenter`.
+        generator: attribute path on the LightningModule (``"generator"``, ``"nets.g_ema"``)
+            or a callable ``module -> nn.Module``.
+        every_n_steps: dissect every this many *training batches* (counted by the
+            callback; with manual optimisation ``trainer.global_step`` counts optimizer
+            steps instead). When given, it replaces ``every_n_epochs``.
+        every_n_epochs: dissect at the end of every this many epochs.
+        on_train_start: also dissect once before the first batch (step 0).
+        n, seed, input_fn: the held-out sample, drawn by ``gan_monitor.inputs.make_inputs``
+            from a private seeded ``torch.Generator`` on the module's device; the
+            global RNG is never touched. ``(n, seed)`` is stored in the checkpoint.
+        threshold, quantile, iou, cutoff, batch_size: passed to ``gan_monitor.dissect``.
+        top_units, top_images: the unit grid shows the ``top_units`` best units of each
+            layer with their ``top_images`` top-activating held-out images.
+        log_images: send histograms, images and tables to TensorBoard loggers.
+        strict: raise when a dissection fails (default: warn once, keep training).
+
+    Logs at Lightning's logging step (the x-axis of ``self.log``):
+    ``gan_monitor/<layer>/{interpretable_units, concept_diversity, mean_iou,
+    interpretable_<category>}`` to every logger; ``unit_iou`` (histogram),
+    ``units_per_concept`` and ``top_units`` (images) and ``interpretable_units_table``
+    (text) to TensorBoard. ``history`` keeps every dissection's summary numbers and
+    ``last_result`` the last :class:`~gan_monitor.results.DissectionResult`.
+    """
+
+
+def _make_class(callback_base: type, name: str) -> type:
+    cls = type(name, (_MonitorLogic, callback_base), {"__doc__": _DOC, "__module__": __name__})
+    return cls
+
+
+try:
+    import lightning.pytorch as _lightning
+except ImportError:  # pragma: no cover - only pytorch_lightning installed
+    _lightning = None
+
+if _lightning is not None:
+    DissectionMonitor = _make_class(_lightning.Callback, "DissectionMonitor")
+
+
+def __getattr__(name: str):
+    # pytorch_lightning is imported only when its flavour is asked for.
+    if name == "DissectionMonitorPL":
+        import pytorch_lightning
+
+        cls = _make_class(pytorch_lightning.Callback, "DissectionMonitorPL")
+        globals()[name] = cls
+        return cls
+    if name == "DissectionMonitor" and _lightning is None:
+        raise ImportError("DissectionMonitor needs lightning (pip install lightning); "
+                          "with pytorch_lightning use DissectionMonitorPL.")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,206 @@
+"""Train the toy GAN on the procedural scenes with the DissectionMonitor on, for a
+bounded time, and watch interpretable units emerge.
+
+Writes TensorBoard logs and checkpoints under --out (a new version_N folder per
+run), prints the `tensorboard --logdir` command to follow along, and at the end a
+table per layer of interpretable units, concept diversity and mean IoU at the
+first and the last dissection.
+
+The dissection schedule adapts to the machine: a few pilot batches measure the
+training speed, and the monitor dissects every N batches so that about --points
+dissections fit into the time budget.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+__all__ = ["DEFAULTS", "add_arguments", "run", "run_demo", "format_table"]
+
+# Chosen so that dissections cost <= ~5% of the training time on 2 CPU cores while
+# giving ~8 points on the curves in 10 minutes (see bench/monitor_overhead.py).
+DEFAULTS: dict[str, Any] = dict(
+    minutes=10.0, out="runs/demo", layers=("layer2", "layer3"), n=200, points=8,
+    threshold="quantile", quantile=0.01, iou="plain", cutoff=0.05, seed=0, threads=2,
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    d = DEFAULTS
+    p.add_argument("--minutes", type=float, default=d["minutes"],
+                   help=f"wall-clock budget of the whole demo (default {d['minutes']:g})")
+    p.add_argument("--out", type=Path, default=Path(d["out"]), help=f"log folder (default {d['out']})")
+    p.add_argument("--layers", nargs="+", default=list(d["layers"]),
+                   help=f"generator layers to dissect (default {' '.join(d['layers'])})")
+    p.add_argument("--n", type=int, default=d["n"], help=f"held-out samples (default {d['n']})")
+    p.add_argument("--points", type=int, default=d["points"],
+                   help=f"dissections to aim for after the first (default {d['points']})")
+    p.add_argument("--every-n-steps", type=int, default=None,
+                   help="dissect every this many training batches (default: from --points)")
+    p.add_argument("--max-batches", type=int, default=None, help="stop after this many batches")
+    p.add_argument("--threshold", choices=("quantile", "iqr"), default=d["threshold"],
+                   help=f"threshold mode (default {d['threshold']})")
+    p.add_argument("--quantile", type=float, default=d["quantile"],
+                   help=f"top fraction of pixels a unit is 'on' in quantile mode (default {d['quantile']})")
+    p.add_argument("--cutoff", type=float, default=d["cutoff"],
+                   help=f"IoU from which a unit counts as interpretable (default {d['cutoff']})")
+    p.add_argument("--seed", type=int, default=d["seed"], help=f"training seed (default {d['seed']})")
+    p.add_argument("--threads", type=int, default=d["threads"],
+                   help=f"torch CPU threads (default {d['threads']})")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .cli import UsageError
+
+    if args.minutes <= 0:
+        raise UsageError(f"--minutes must be positive, got {args.minutes}.")
+    for name in ("n", "points", "every_n_steps", "max_batches", "threads"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {value}.")
+    try:
+        run_demo(
+            minutes=args.minutes, out=args.out, layers=args.layers, n=args.n, points=args.points,
+            every_n_steps=args.every_n_steps, max_batches=args.max_batches,
+            threshold=args.threshold, quantile=args.quantile, cutoff=args.cutoff,
+            seed=args.seed, threads=args.threads, progress=not args.no_progress,
+        )
+    except ValueError as err:  # e.g. an unknown layer name: the message lists the valid ones
+        raise UsageError(str(err)) from err
+    return 0
+
+
+def _seconds_per_batch(hparams: dict, batches: int = 6) -> float:
+    """Median time of a training batch of a throwaway ToyGAN with the given settings."""
+    import lightning.pytorch as pl
+
+    from .toyworld.gan import ToyGAN
+
+    hp = dict(hparams, num_scenes=max(2 * hparams["batch_size"], 64))
+    times: list[float] = []
+
+    class Clock(pl.Callback):
+        def on_train_batch_start(self, *a):
+            self.t0 = time.perf_counter()
+
+        def on_train_batch_end(self, *a):
+            times.append(time.perf_counter() - self.t0)
+
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        pl.Trainer(max_steps=2 * batches, logger=False, enable_checkpointing=False,
+                   enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+                   callbacks=[Clock()]).fit(ToyGAN(**hp))
+    return sorted(times[1:])[len(times[1:]) // 2]
+
+
+def run_demo(
+    *,
+    minutes: float = DEFAULTS["minutes"],
+    out: str | Path = DEFAULTS["out"],
+    layers: Sequence[str] = DEFAULTS["layers"],
+    n: int = DEFAULTS["n"],
+    points: int = DEFAULTS["points"],
+    every_n_steps: int | None = None,
+    max_batches: int | None = None,
+    threshold: str = DEFAULTS["threshold"],
+    quantile: float = DEFAULTS["quantile"],
+    cutoff: float = DEFAULTS["cutoff"],
+    seed: int = DEFAULTS["seed"],
+    threads: int = DEFAULTS["threads"],
+    progress: bool = True,
+    gan_kwargs: dict | None = None,
+    echo: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run the demo; returns the log folder, the monitor's history and timings."""
+    from datetime import timedelta
+
+    import lightning.pytorch as pl
+    import torch
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from .callback import DissectionMonitor
+    from .toyworld.gan import ToyGAN
+    from .toyworld.segmenter import load_segmenter
+
+    start = time.perf_counter()
+    torch.set_num_threads(int(threads))
+    out = Path(out)
+    segmenter = load_segmenter()
+    pl.seed_everything(seed, verbose=False)
+    model = ToyGAN(data_seed=seed, **(gan_kwargs or {}))
+    monitor_kw = dict(generator="generator", n=n, seed=seed, threshold=threshold, quantile=quantile,
+                      cutoff=cutoff, iou=DEFAULTS["iou"], batch_size=100, top_units=8, top_images=5)
+    # Validate the layer names before spending time on the pilot.
+    DissectionMonitor(list(layers), segmenter, **monitor_kw).resolve_generator(model)
+
+    budget = minutes * 60.0
+    if every_n_steps is None:
+        per_batch = _seconds_per_batch(dict(model.hparams))
+        expected = 0.95 * (budget - (time.perf_counter() - start)) / per_batch
+        if max_batches is not None:
+            expected = min(expected, max_batches)
+        every_n_steps = max(1, int(expected // max(1, points)))
+        echo(f"gan-monitor demo: ~{per_batch:.2f} s per batch here, so {int(expected)} batches "
+             f"fit in {minutes:g} min; dissecting every {every_n_steps} batches.")
+    monitor = DissectionMonitor(list(layers), segmenter, every_n_steps=every_n_steps, **monitor_kw)
+    logger = TensorBoardLogger(str(out), name="", default_hp_metric=False)
+    echo(f"gan-monitor demo: logs and checkpoints in {logger.log_dir}")
+    echo(f"  follow along with:  tensorboard --logdir {out}")
+    remaining = max(1.0, budget - (time.perf_counter() - start) - 5.0)
+    trainer = pl.Trainer(
+        max_time=timedelta(seconds=remaining),
+        max_steps=-1 if max_batches is None else 2 * int(max_batches),  # 2 optimizer steps per batch
+        max_epochs=-1, accelerator="cpu", logger=logger, log_every_n_steps=10,
+        callbacks=[monitor, ModelCheckpoint(save_last=True)],
+        enable_progress_bar=progress, enable_model_summary=False,
+    )
+    t_fit = time.perf_counter()
+    trainer.fit(model)
+    fit_seconds = time.perf_counter() - t_fit
+    batches = monitor.batches_seen
+    dissect_seconds = sum(h.get("seconds", 0.0) for h in monitor.history)
+    echo("")
+    echo(format_table(monitor.history, monitor))
+    echo(f"\n{batches} batches in {fit_seconds:.0f} s of training; {len(monitor.history)} dissections "
+         f"took {dissect_seconds:.1f} s ({100 * dissect_seconds / max(fit_seconds, 1e-9):.1f}% of it).")
+    if monitor.failures:
+        echo(f"warning: {monitor.failures} dissection(s) failed; see the warning above.")
+    echo(f"TensorBoard:  tensorboard --logdir {out}")
+    return {
+        "log_dir": logger.log_dir, "history": copy.deepcopy(monitor.history), "batches": batches,
+        "fit_seconds": fit_seconds, "dissect_seconds": dissect_seconds,
+        "every_n_steps": every_n_steps, "checkpoint_dir": os.path.join(logger.log_dir, "checkpoints"),
+        "total_seconds": time.perf_counter() - start,
+    }
+
+
+def format_table(history: Sequence[dict], monitor) -> str:
+    """Per layer: interpretable units, concept diversity and mean IoU at the first and
+    the last dissection, with the settings the numbers came from."""
+    mode = (f"quantile (unit on in its top {100 * monitor.quantile:g}% of pixels)"
+            if monitor.threshold == "quantile" else monitor.threshold)
+    head = (f"Dissection on {monitor.n} held-out samples (seed {monitor.seed}); threshold mode: {mode}; "
+            f"IoU: {monitor.iou}; interpretable = IoU >= {monitor.cutoff:g}.")
+    if not history:
+        return head + "\nNo dissection completed."
+    first, last = history[0], history[-1]
+    rows = [head, f"first dissection at step {first['step']}, last at step {last['step']} "
+                  f"({len(history)} dissections)", ""]
+    cols = ("interpretable units", "concept diversity", "mean IoU")
+    rows.append(f"{'layer':<10} {'units':>5}  " + "  ".join(f"{c:>21}" for c in cols))
+    for layer in first["layers"]:
+        a, b = first["layers"][layer], last["layers"][layer]
+        cells = [f"{a['interpretable_units']:>4d} -> {b['interpretable_units']:<4d}",
+                 f"{a['concept_diversity']:>4d} -> {b['concept_diversity']:<4d}",
+                 f"{a['mean_iou']:.3f} -> {b['mean_iou']:.3f}"]
+        rows.append(f"{layer:<10} {a['units']:>5}  " + "  ".join(f"{c:>21}" for c in cells))
+    return "\n".join(rows)
+
