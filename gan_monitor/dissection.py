@@ -1,0 +1,302 @@
+"""GAN dissection (paper Sec. 3.1, Eq. 2; METHOD.md 1): which units of a layer
+match which concepts of a segmenter, measured by IoU over a held-out sample.
+
+``dissect`` runs the generator and the segmenter once per batch for all requested
+layers together (one ``Trace``), then:
+
+* ``threshold="quantile"`` (default): pass 1 keeps each unit's exact top
+  ``ceil(q * pixels)`` upsampled activations (``thresholds.TopValues``) and caches
+  the raw featuremaps and the segmentation (uint8 when there are at most 256
+  concepts); pass 2 replays the cache through ``LayerTally`` with the thresholds.
+  The generator runs once. Memory: the cache, ``n * sum(U*h*w) * 4`` bytes plus
+  ``n * D * H * W`` bytes, and per layer ``U * 2 * (k+1) * 4`` bytes for the exact
+  quantiles (k = ceil(q * n * H * W)).
+* ``threshold="iqr"``: a separate held-out sample (seed + ``IQR_SEED_OFFSET``, or
+  ``iqr_inputs``) picks each unit's level by IQR (``thresholds.score_levels``),
+  cached the same way; the main sample is then tallied in one streaming pass.
+
+The generator (and the segmenter, if it is an ``nn.Module``) runs in eval mode
+under ``torch.no_grad()``; every submodule's training flag is restored afterwards
+and the global RNG is never used.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .inputs import call_generator, iterate_batches, make_inputs, num_samples
+from .results import DissectionResult, LayerDissection
+from .segmenters import validate_segmentation, validate_segmenter
+from .tallies import LayerTally, TopSamples, category_index, encode_segmentation, image_chunks, upsample
+from .thresholds import LevelTally, PixelSubsample, TopValues, level_fractions, quantile_rank, score_levels
+from .tracing import Trace, _as_layer_list, resolve_layer
+
+__all__ = ["dissect", "upsample", "DissectionResult", "LayerDissection", "IQR_SEED_OFFSET"]
+
+#: The iqr-mode held-out sample is drawn with seed + IQR_SEED_OFFSET.
+IQR_SEED_OFFSET = 1_000_003
+
+
+def _module_device(module: Any) -> torch.device:
+    if isinstance(module, nn.Module):
+        for t in module.parameters():
+            return t.device
+        for t in module.buffers():
+            return t.device
+    return torch.device("cpu")
+
+
+class _EvalMode:
+    """Put modules in eval mode; restore every submodule's training flag on exit."""
+
+    def __init__(self, *objects: Any):
+        self.modules = [m for o in objects if isinstance(o, nn.Module) for m in o.modules()]
+
+    def __enter__(self):
+        self.flags = [m.training for m in self.modules]
+        for m in self.modules:
+            m.training = False
+        return self
+
+    def __exit__(self, *exc):
+        for m, flag in zip(self.modules, self.flags):
+            m.training = flag
+        return False
+
+
+class _Sampler:
+    """Runs generator + segmenter over inputs in batches and checks what comes back."""
+
+    def __init__(self, generator, segmenter, layers, batch_size, device, progress):
+        self.generator, self.segmenter, self.layers = generator, segmenter, layers
+        self.batch_size, self.device, self.progress = batch_size, device, progress
+        self.n_concepts = len(segmenter.concepts)
+        self.size: tuple[int, int] | None = None
+
+    def batches(self, inputs, desc: str) -> Iterable[tuple[int, dict[str, torch.Tensor], torch.Tensor]]:
+        n = num_samples(inputs)
+        bar = tqdm(total=n, desc=desc, disable=not self.progress, leave=False)
+        for start, batch in iterate_batches(inputs, self.batch_size, self.device):
+            with Trace(self.generator, self.layers, require_featuremap=True) as trace:
+                images = call_generator(self.generator, batch)
+            acts = {name: trace[name] for name in self.layers}
+            b = next(iter(acts.values())).shape[0]
+            seg = validate_segmentation(self.segmenter.segment(images), b, self.n_concepts)
+            self._check(start, acts, seg)
+            bar.update(b)
+            yield start, acts, seg
+        bar.close()
+
+    def _check(self, start: int, acts: dict[str, torch.Tensor], seg: torch.Tensor) -> None:
+        size = (int(seg.shape[-2]), int(seg.shape[-1]))
+        if self.size is None:
+            self.size = size
+        elif size != self.size:
+            raise ValueError(f"segment() returned {size[0]}x{size[1]} maps after {self.size[0]}x{self.size[1]}; "
+                             "every segmentation of a dissection must have the same size.")
+        empty = ~(seg.flatten(1) > 0).any(1)
+        if empty.any():
+            which = (empty.nonzero().flatten() + start).tolist()
+            raise ValueError(
+                f"the segmenter found no concept at all (every pixel label 0) in held-out sample(s) {which[:10]}; "
+                "dissection needs labelled pixels in every image. Check that the segmenter fits these images "
+                "(value range [-1, 1], concept list) or leave such inputs out."
+            )
+        for name, a in acts.items():
+            if a.shape[0] != seg.shape[0]:
+                raise ValueError(f"layer {name!r} produced {a.shape[0]} featuremaps for {seg.shape[0]} images.")
+            bad = ~torch.isfinite(a)
+            if bad.any():
+                units = bad.transpose(0, 1).flatten(1).any(1).nonzero().flatten().tolist()
+                raise ValueError(
+                    f"layer {name!r} has NaN/inf activations in units {units[:20]}"
+                    f"{' ...' if len(units) > 20 else ''} (samples from {start}); fix the generator "
+                    "(e.g. a diverged checkpoint) before dissecting."
+                )
+
+
+def _compact_labels(seg: torch.Tensor, n_concepts: int) -> torch.Tensor:
+    return seg.to(torch.uint8 if n_concepts <= 256 else torch.int32)
+
+
+def _quantile_pass(sampler, inputs, layers, quantile, topk, settings):
+    """Pass 1 (cache + exact top values) and pass 2 (tally) of quantile mode."""
+    n = num_samples(inputs)
+    cache: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+    segs: list[torch.Tensor] = []
+    tops: dict[str, TopValues] = {}
+    samples: dict[str, TopSamples] = {}
+    for start, acts, seg in sampler.batches(inputs, "dissect: sample"):
+        height, width = sampler.size
+        for name, a in acts.items():
+            units = a.shape[1]
+            if name not in tops:
+                rank = quantile_rank(quantile, n * height * width) + 1
+                tops[name] = TopValues(units, rank, device=a.device)
+                samples[name] = TopSamples(units, topk, device=a.device)
+            for lo, hi in image_chunks(a.shape[0], units * height * width):
+                tops[name].update(upsample(a[lo:hi].float(), (height, width)).flatten(2))
+            samples[name].update(a, start)
+            cache[name].append(a)
+        segs.append(_compact_labels(seg, sampler.n_concepts))
+    settings["quantile_rank"] = quantile_rank(quantile, n * sampler.size[0] * sampler.size[1])
+    thresholds = {name: tops[name].result() for name in layers}
+    del tops
+    tallies = _replay(cache, segs, thresholds, sampler.segmenter.categories, "dissect: tally", sampler.progress)
+    return thresholds, tallies, samples
+
+
+def _replay(cache, segs, thresholds_or_levels, categories, desc, progress, tally_cls=LayerTally):
+    categories = list(categories)
+    names, concept_category = category_index(categories)
+    tallies = {name: tally_cls(value, categories).to(cache[name][0].device)
+               for name, value in thresholds_or_levels.items()}
+    for i in tqdm(range(len(segs)), desc=desc, disable=not progress, leave=False):
+        enc = encode_segmentation(segs[i].long(), len(categories), concept_category, len(names))
+        for name, tally in tallies.items():
+            tally.update(cache[name][i], enc)
+    return tallies
+
+
+def _iqr_levels(sampler, inputs, layers, seed, n_levels, max_fraction, subsample, settings):
+    """Choose each unit's level (and IQR label) on the separate held-out sample."""
+    n = num_samples(inputs)
+    fractions = level_fractions(n_levels, 1e-3, max_fraction)
+    cache: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+    segs: list[torch.Tensor] = []
+    subs: dict[str, PixelSubsample] = {}
+    for start, acts, seg in sampler.batches(inputs, "dissect: iqr sample"):
+        height, width = sampler.size
+        per_image = max(1, min(height * width, math.ceil(subsample / n)))
+        for name, a in acts.items():
+            if name not in subs:
+                subs[name] = PixelSubsample(n, height * width, per_image, seed, device=a.device)
+            for lo, hi in image_chunks(a.shape[0], a.shape[1] * height * width):
+                subs[name].update(upsample(a[lo:hi].float(), (height, width)).flatten(2), start + lo)
+            cache[name].append(a)
+        segs.append(_compact_labels(seg, sampler.n_concepts))
+    settings["iqr_subsample"] = int(subs[layers[0]].positions.numel())
+    levels = {name: subs[name].levels(fractions.to(subs[name].positions.device)) for name in layers}
+    tallies = _replay(cache, segs, levels, sampler.segmenter.categories, "dissect: iqr levels",
+                      sampler.progress, tally_cls=LevelTally)
+    return levels, tallies, fractions
+
+
+def _pick_levels(levels, tally, variant, min_lift, fractions, quantile):
+    scores = score_levels(tally, variant, min_lift)
+    iqr = scores["iqr"]  # [U, C, L]
+    n_units, n_concepts, n_levels = iqr.shape
+    best, flat = iqr.reshape(n_units, -1).max(1)
+    label = torch.div(flat, n_levels, rounding_mode="floor")
+    level = flat % n_levels
+    fallback = best <= 0  # no concept positively associated: use the level nearest the quantile
+    nearest = int(torch.argmin((fractions.log() - math.log(quantile)).abs()))
+    level = torch.where(fallback, torch.full_like(level, nearest), level)
+    thresholds = levels.gather(1, level.view(-1, 1).to(levels.device)).flatten()
+    return thresholds, label, fallback, best, fractions[level.cpu()]
+
+
+def dissect(generator: nn.Module, layers: str | Iterable[str], segmenter, *, inputs: Any = None,
+            n: int = 1000, seed: int = 0, input_fn: Callable | None = None, threshold: str = "quantile",
+            quantile: float = 0.01, iou: str = "plain", cutoff: float = 0.05, batch_size: int = 32,
+            device: torch.device | str | None = None, topk: int = 8, iqr_inputs: Any = None,
+            iqr_n: int | None = None, iqr_levels: int = 100, iqr_max_fraction: float = 0.2,
+            iqr_min_lift: float = 2.0, iqr_subsample: int = 65536, progress: bool = False) -> DissectionResult:
+    """Dissect ``layers`` of ``generator`` with ``segmenter`` (paper Eq. 2, METHOD.md 1).
+
+    Args:
+        generator: an ``nn.Module`` mapping inputs to images ``[N, 3, H, W]`` in [-1, 1].
+        layers: dotted layer name(s) whose outputs are featuremaps ``[N, U, h, w]``.
+        segmenter: follows ``gan_monitor.segmenters.Segmenter``.
+        inputs: held-out generator inputs (tensor / tuple / dict, samples along dim 0);
+            default: ``n`` inputs drawn by ``input_fn`` seeded with ``seed``.
+        input_fn: ``input_fn(n, torch_generator) -> inputs``; default ``z ~ N(0, 1)``
+            of the generator's latent shape (``inputs.default_input_fn``).
+        threshold: ``"quantile"`` (top ``quantile`` of each unit's upsampled
+            activations, exact) or ``"iqr"`` (level maximising IQR on a separate sample).
+        iou: ``"plain"`` or ``"category"`` (METHOD.md 1.3). cutoff: interpretable if IoU >= cutoff.
+        batch_size, device: batching (results do not depend on it) and where to run
+            (default: the generator's device).
+        topk: number of top-activating samples kept per unit.
+        iqr_inputs / iqr_n: the separate iqr-mode sample, or its size (default n),
+            drawn with seed + ``IQR_SEED_OFFSET``. iqr_levels, iqr_max_fraction:
+            candidate levels, top fractions log-spaced from 1e-3 to the cap.
+            iqr_min_lift: IQR counts only where P(S|A) >= lift * P(S).
+            iqr_subsample: pixels per unit the levels are read from (seeded).
+        progress: show tqdm progress bars.
+
+    Returns a ``DissectionResult`` with one ``LayerDissection`` per layer.
+    """
+    if threshold not in ("quantile", "iqr"):
+        raise ValueError(f"threshold must be 'quantile' or 'iqr', got {threshold!r}.")
+    if iou not in ("plain", "category"):
+        raise ValueError(f"iou must be 'plain' or 'category', got {iou!r}.")
+    if not 0 < quantile < 1:
+        raise ValueError(f"quantile is the top fraction of activations per unit, in (0, 1); got {quantile}.")
+    if not 0 <= cutoff <= 1:
+        raise ValueError(f"cutoff is an IoU in [0, 1], got {cutoff}.")
+    if not isinstance(generator, nn.Module):
+        raise TypeError(f"generator must be a torch.nn.Module, got {type(generator).__name__}.")
+    layers = _as_layer_list(layers)
+    for name in layers:
+        resolve_layer(generator, name)
+    validate_segmenter(segmenter)
+    concepts, categories = list(segmenter.concepts), list(segmenter.categories)
+    device = torch.device(device) if device is not None else _module_device(generator)
+    drawn = inputs is None
+    if drawn:
+        inputs = make_inputs(generator, n, seed, input_fn)
+    n = num_samples(inputs)
+    settings: dict[str, Any] = {"threshold": threshold, "quantile": quantile, "iou": iou, "cutoff": cutoff,
+                                "n": n, "seed": seed, "inputs": "drawn" if drawn else "given", "topk": topk}
+    sampler = _Sampler(generator, segmenter, layers, batch_size, device, progress)
+    extras: dict[str, dict[str, Any]] = {name: {} for name in layers}
+    labels: dict[str, torch.Tensor] = {}
+    with _EvalMode(generator, segmenter), torch.no_grad():
+        if threshold == "quantile":
+            thresholds, tallies, samples = _quantile_pass(sampler, inputs, layers, quantile, topk, settings)
+        else:
+            if iqr_inputs is None:
+                iqr_inputs = make_inputs(generator, iqr_n or n, seed + IQR_SEED_OFFSET, input_fn)
+                settings["iqr_seed"] = seed + IQR_SEED_OFFSET
+            settings.update(iqr_n=num_samples(iqr_inputs), iqr_levels=iqr_levels,
+                            iqr_fraction_range=[1e-3, iqr_max_fraction], iqr_min_lift=iqr_min_lift)
+            levels, level_tallies, fractions = _iqr_levels(sampler, iqr_inputs, layers, seed, iqr_levels,
+                                                           iqr_max_fraction, iqr_subsample, settings)
+            thresholds, fallback = {}, {}
+            for name in layers:
+                t, lab, fb, best, frac = _pick_levels(levels[name], level_tallies[name], iou, iqr_min_lift,
+                                                      fractions, quantile)
+                thresholds[name], labels[name], fallback[name] = t, lab, fb
+                extras[name].update(iqr=best.float().tolist(), level_fraction=frac.tolist())
+            del level_tallies
+            tallies = {name: LayerTally(thresholds[name], categories).to(device) for name in layers}
+            samples = {}
+            for start, acts, seg in sampler.batches(inputs, "dissect: tally"):
+                enc = tallies[layers[0]].encode(seg)
+                for name, a in acts.items():
+                    samples.setdefault(name, TopSamples(a.shape[1], topk, device=a.device)).update(a, start)
+                    tallies[name].update(a, enc)
+    settings["segmentation_size"] = list(sampler.size)
+    result: dict[str, LayerDissection] = {}
+    for name in layers:
+        iou_matrix = tallies[name].iou(iou).cpu()
+        best_by_iou = iou_matrix[:, 1:].argmax(1) + 1
+        if threshold == "iqr":
+            label = torch.where(fallback[name].cpu(), best_by_iou, labels[name].cpu())
+        else:
+            label = best_by_iou
+        unit_iou = iou_matrix.gather(1, label.view(-1, 1)).flatten()
+        shape = list(tallies[name].thresholds.shape)
+        layer_settings = dict(settings, featuremap_units=shape[0])
+        result[name] = LayerDissection(
+            layer=name, concepts=concepts, categories=categories,
+            thresholds=thresholds[name].float().cpu(), iou=iou_matrix, label_index=label.long(),
+            unit_iou=unit_iou, interpretable=unit_iou >= cutoff,
+            topk=samples[name].indices.cpu(), topk_values=samples[name].values.cpu(),
+            settings=layer_settings, extras=extras[name])
+    return DissectionResult(layers=result, settings=settings)

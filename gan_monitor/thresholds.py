@@ -1,0 +1,240 @@
+"""Per-unit activation thresholds (METHOD.md 1.2).
+
+``quantile`` mode: ``TopValues`` finds, exactly, each unit's ``(k+1)``-th largest
+upsampled activation over all pixels of all images, ``k = ceil(q * pixels)``, so
+that exactly the top ``k`` pixels (fewer with ties) lie strictly above the
+threshold. It streams: it keeps only the values above a per-unit floor that is
+known to be at or below the answer, pruning with ``kthvalue`` when the buffer
+fills. Memory: ``U * max(2(k+1), k+1 + chunk)`` float32, e.g. 256 units, 1000
+images of 64x64, q = 0.01: k = 40,960, about 84 MB at most. The result is the same
+for any batching and merges exactly across processes (``merge``).
+
+``iqr`` mode (paper Eq. 2): candidate levels are each unit's values at top
+fractions log-spaced from ``1e-3`` to ``max_fraction`` (default 0.2: levels stay in
+the top of each unit's distribution), read from an exact sort of a fixed-size
+seeded subsample of pixels (``PixelSubsample``; the levels are only candidates, the
+IoU at the chosen level is then counted exactly). ``LevelTally`` bucketizes
+activations into the levels and accumulates per (unit, concept, bucket) counts in
+one pass; a reverse cumulative sum gives the 2x2 table of (unit on, concept
+present) at every level. ``score_levels`` computes ``IQR = I(A;S) / H(A,S)``.
+Guards: IQR counts only where the unit is positively associated with the concept,
+with precision ``P(S|A)`` at least ``min_lift`` (default 2) times the base rate
+``P(S)`` (IQR is symmetric and otherwise rewards anti-correlated or chance
+agreement with large concepts); concepts absent from the sample score 0.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torchmetrics import Metric
+
+from .tallies import EncodedSegmentation, category_index, encode_segmentation, image_chunks, upsample
+
+__all__ = ["TopValues", "quantile_rank", "level_fractions", "PixelSubsample", "LevelTally", "score_levels"]
+
+
+def quantile_rank(q: float, pixels: int) -> int:
+    """Number of pixels a unit may have above its threshold: ``ceil(q * pixels)``."""
+    return max(1, min(int(pixels) - 1, math.ceil(q * pixels - 1e-9)))
+
+
+def _scatter_rows(values: torch.Tensor, keep: torch.Tensor, out: torch.Tensor, count: torch.Tensor) -> None:
+    """Append ``values[u][keep[u]]`` to row u of ``out`` after its ``count[u]`` used slots."""
+    rows, cols = keep.nonzero(as_tuple=True)
+    if rows.numel() == 0:
+        return
+    new = keep.sum(1)
+    first = torch.cumsum(new, 0) - new
+    rank = torch.arange(rows.numel(), device=rows.device) - first[rows]
+    out[rows, count[rows] + rank] = values[rows, cols]
+    count += new
+
+
+class TopValues:
+    """Exact ``rank``-th largest value per unit over a stream of ``[U, M]`` values."""
+
+    def __init__(self, n_units: int, rank: int, device=None):
+        self.rank = int(rank)
+        self.buffer = torch.full((n_units, 2 * self.rank), -math.inf, device=device)
+        self.count = torch.zeros(n_units, dtype=torch.long, device=device)
+        # Invariant: at least `rank` values seen are >= floor; the buffer holds every value > floor.
+        self.floor = torch.full((n_units,), -math.inf, device=device)
+
+    def _prune(self) -> None:
+        full = self.count >= self.rank
+        if full.any():
+            width = self.buffer.shape[1]
+            kth = self.buffer.kthvalue(width - self.rank + 1, dim=1).values
+            self.floor = torch.where(full, kth, self.floor)
+        keep = self.buffer > self.floor[:, None]
+        old = self.buffer
+        self.buffer = torch.full_like(old, -math.inf)
+        self.count = torch.zeros_like(self.count)
+        _scatter_rows(old, keep, self.buffer, self.count)
+
+    def update(self, values: torch.Tensor) -> None:
+        """Add ``values`` ``[U, M]`` (or ``[B, U, ...]``, reshaped)."""
+        if values.dim() != 2:
+            values = values.transpose(0, 1).reshape(values.shape[1], -1)
+        values = values.to(self.buffer.device, torch.float32)
+        keep = values > self.floor[:, None]
+        need = int((self.count + keep.sum(1)).max())
+        if need > self.buffer.shape[1]:
+            self._prune()
+            keep = values > self.floor[:, None]
+            need = int((self.count + keep.sum(1)).max())
+            if need > self.buffer.shape[1]:
+                grown = torch.full((self.buffer.shape[0], max(need, 2 * self.rank)), -math.inf,
+                                   device=self.buffer.device)
+                grown[:, : self.buffer.shape[1]] = self.buffer
+                self.buffer = grown
+        _scatter_rows(values, keep, self.buffer, self.count)
+
+    def merge(self, other: "TopValues") -> None:
+        """Fold in another stream's state (e.g. another process's)."""
+        self.floor = torch.maximum(self.floor, other.floor.to(self.floor.device))
+        values = other.buffer.to(self.buffer.device)
+        self.update(torch.where(values > self.floor[:, None], values, -math.inf))
+
+    def result(self) -> torch.Tensor:
+        """``[U]`` the exact ``rank``-th largest value of each unit."""
+        self._prune()
+        if torch.isinf(self.floor).any():
+            raise ValueError(f"fewer than {self.rank} values were seen for some units; cannot take the quantile.")
+        return self.floor.clone()
+
+
+def level_fractions(n_levels: int = 100, min_fraction: float = 1e-3, max_fraction: float = 0.2) -> torch.Tensor:
+    """Top fractions of the candidate levels, log-spaced, largest first (lowest level first)."""
+    if not 0 < min_fraction < max_fraction < 1:
+        raise ValueError(f"need 0 < min_fraction < max_fraction < 1, got {min_fraction}, {max_fraction}.")
+    return torch.logspace(math.log10(max_fraction), math.log10(min_fraction), int(n_levels), dtype=torch.float64)
+
+
+class PixelSubsample:
+    """A fixed, seeded subsample of each unit's upsampled activations.
+
+    ``per_image`` pixel positions are drawn per image index from a
+    ``torch.Generator`` seeded with ``seed`` (never the global RNG), so the sample is
+    the same for any batching.
+    """
+
+    def __init__(self, n_images: int, n_pixels: int, per_image: int, seed: int, device=None):
+        gen = torch.Generator().manual_seed(int(seed))
+        self.positions = torch.randint(int(n_pixels), (int(n_images), int(per_image)), generator=gen).to(device)
+        self.parts: list[torch.Tensor] = []
+        self.starts: list[int] = []
+
+    def update(self, upsampled: torch.Tensor, start: int) -> None:
+        """``upsampled`` ``[B, U, HW]`` of images ``start ..``."""
+        pos = self.positions[start:start + upsampled.shape[0]].to(upsampled.device)
+        picked = upsampled.gather(2, pos[:, None, :].expand(-1, upsampled.shape[1], -1))
+        self.parts.append(picked.transpose(0, 1).reshape(upsampled.shape[1], -1))
+        self.starts.append(start)
+
+    def levels(self, fractions: torch.Tensor) -> torch.Tensor:
+        """``[U, L]`` ascending levels: the value with a fraction f of the subsample above it."""
+        order = sorted(range(len(self.parts)), key=self.starts.__getitem__)
+        values = torch.cat([self.parts[i] for i in order], 1)
+        ranked = values.sort(dim=1, descending=True).values
+        size = ranked.shape[1]
+        index = torch.clamp(torch.ceil(fractions * size - 1e-9).long(), 0, size - 1)
+        return ranked[:, index.to(ranked.device)].contiguous()
+
+
+class LevelTally(Metric):
+    """Per (unit, concept, level bucket) counts for scoring all candidate levels at once.
+
+    ``levels`` ``[U, L]`` ascending per unit. A pixel's bucket is the number of levels
+    strictly below its activation, so ``activation > level_j`` iff bucket > j.
+    States (int64, summed): ``intersection [U, C, L+1]``, ``active [U, L+1]``,
+    ``active_in_category [U, K, L+1]``, ``label_pixels [C]``, ``pixels_in_category [K]``,
+    ``pixels``. Memory ``O(U*C*L)``, independent of the number of samples.
+    """
+
+    full_state_update = False
+
+    def __init__(self, levels: torch.Tensor, categories: Sequence[str], **kwargs):
+        super().__init__(**kwargs)
+        self.register_buffer("levels", levels.float().contiguous(), persistent=False)
+        self.category_names, concept_category = category_index(list(categories))
+        self.register_buffer("concept_category", concept_category, persistent=False)
+        u, nl = levels.shape
+        c, k = len(categories), len(self.category_names)
+        self.n_units, self.n_levels, self.n_concepts, self.n_categories = u, nl, c, k
+        for name, shape in [("intersection", (u, c, nl + 1)), ("active", (u, nl + 1)),
+                            ("active_in_category", (u, k, nl + 1)), ("label_pixels", (c,)),
+                            ("pixels_in_category", (k,)), ("pixels", ())]:
+            self.add_state(name, default=torch.zeros(shape, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, acts: torch.Tensor, seg) -> None:  # type: ignore[override]
+        if not isinstance(seg, EncodedSegmentation):
+            seg = encode_segmentation(seg, self.n_concepts, self.concept_category, self.n_categories)
+        height, width = seg.size
+        hw = height * width
+        u, nb, c = self.n_units, self.n_levels + 1, self.n_concepts
+        unit_base = (torch.arange(u, device=acts.device) * nb).view(1, u, 1)
+        for start, stop in image_chunks(len(seg), u * hw * 4):
+            part = seg.slice(start, stop)
+            b = stop - start
+            up = upsample(acts[start:stop].float(), (height, width)).flatten(2)
+            bucket = torch.searchsorted(self.levels.expand(b, u, -1).contiguous(), up.contiguous())
+            cell = unit_base + bucket  # [b, U, HW]: unit * (L+1) + bucket
+            per_image = torch.bincount((cell + (torch.arange(b, device=acts.device) * u * nb).view(b, 1, 1)).flatten(),
+                                       minlength=b * u * nb).view(b, u, nb)
+            self.active += per_image.sum(0)
+            self.active_in_category += (per_image.unsqueeze(2) * part.category_present.view(b, 1, -1, 1)).sum(0)
+            for d in range(part.labels.shape[1]):
+                index = cell * c + part.labels[:, d].unsqueeze(1)  # (unit*(L+1) + bucket) * C + concept
+                counts = torch.bincount(index.flatten(), minlength=u * nb * c).view(u, nb, c)
+                self.intersection += counts.transpose(1, 2)
+        labels = seg.labels.flatten()
+        self.label_pixels += torch.bincount(labels, minlength=c)[:c]
+        self.label_pixels[0] = 0
+        self.pixels_in_category += seg.category_present.sum(0) * hw
+        self.pixels += len(seg) * hw
+
+    def compute(self):
+        return self.intersection
+
+
+def _above(hist: torch.Tensor) -> torch.Tensor:
+    """Counts above each level from bucket histograms ``[..., L+1]`` -> ``[..., L]``."""
+    return hist.flip(-1).cumsum(-1).flip(-1)[..., 1:]
+
+
+def score_levels(tally: LevelTally, variant: str = "plain", min_lift: float = 2.0) -> dict[str, torch.Tensor]:
+    """IQR and IoU of every (unit, concept, level): ``[U, C, L]`` float64 each."""
+    inter = _above(tally.intersection).double()  # [U, C, L]
+    if variant == "plain":
+        active = _above(tally.active).double()[:, None, :]
+        total = tally.pixels.double().view(1, 1, 1)
+    elif variant == "category":
+        index = tally.concept_category.clamp(min=0).to(tally.active_in_category.device)
+        active = _above(tally.active_in_category).double()[:, index, :]
+        total = tally.pixels_in_category.double()[index].view(1, -1, 1)
+    else:
+        raise ValueError(f"iou variant must be 'plain' or 'category', got {variant!r}.")
+    label = tally.label_pixels.double().view(1, -1, 1)
+    union = active + label - inter
+    iou = inter / union.clamp(min=1)
+    t = total.clamp(min=1)
+    cells = [inter / t, (active - inter) / t, (label - inter) / t, (t - union) / t]
+    p_a, p_s = active / t, label / t
+    margins = [(p_a, p_s), (p_a, 1 - p_s), (1 - p_a, p_s), (1 - p_a, 1 - p_s)]
+    mutual = torch.zeros_like(inter)
+    joint = torch.zeros_like(inter)
+    for p, (ma, ms) in zip(cells, margins):
+        p = p.clamp(min=0)
+        pos = p > 0
+        logp = torch.log(torch.where(pos, p, 1.0))
+        joint -= torch.where(pos, p * logp, 0.0)
+        mutual += torch.where(pos, p * (logp - torch.log((ma * ms).clamp(min=1e-300))), 0.0)
+    iqr = torch.where(joint > 0, mutual / joint.clamp(min=1e-300), 0.0)
+    positive = inter * t >= min_lift * active * label  # precision >= min_lift * base rate
+    iqr = torch.where(positive & (inter > 0), iqr, 0.0)
+    iqr[:, 0] = 0
+    iou[:, 0] = 0
+    return {"iqr": iqr, "iou": iou}

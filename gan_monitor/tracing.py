@@ -1,0 +1,239 @@
+"""Read and edit the outputs of named submodules of any ``nn.Module``.
+
+Layers are named with the dotted names of ``model.named_modules()`` (e.g.
+``"layer4"`` or ``"blocks.3.conv"``). Both context managers always remove their
+hooks on exit, also when the forward pass raises::
+
+    with Trace(generator, ["layer3", "layer4"]) as trace:
+        images = generator(z)
+    feats = trace["layer4"]                     # [N, units, h, w]
+
+    # Ablate units 3 and 7 of layer4 everywhere (paper Eq. 3, METHOD.md 2):
+    with Edit(generator, "layer4", units=[3, 7]):
+        ablated = generator(z)
+
+The edit rule (METHOD.md 2) is ``r' = r * (1 - a*m) + k * (a*m)`` with ``a`` a
+per-unit coefficient in [0, 1], ``m`` a spatial mask in [0, 1] at featuremap
+resolution and ``k`` the value forced (0 ablates; a per-unit mean activation inserts).
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["layer_names", "resolve_layer", "Trace", "Edit", "StopForward"]
+
+
+def layer_names(model: nn.Module) -> list[str]:
+    """Dotted names of every submodule of ``model`` (the root itself excluded)."""
+    return [name for name, _ in model.named_modules() if name]
+
+
+def resolve_layer(model: nn.Module, name: str) -> nn.Module:
+    """The submodule called ``name``; a KeyError lists the available names otherwise."""
+    if not isinstance(name, str):
+        raise TypeError(f"layer names are strings such as 'layer4', got {type(name).__name__}.")
+    modules = dict(model.named_modules())
+    if name and name in modules:
+        return modules[name]
+    available = layer_names(model)
+    raise KeyError(
+        f"{type(model).__name__} has no layer named {name!r}. Available layers "
+        f"(dotted names as in named_modules()): {', '.join(available) or '(none)'}"
+    )
+
+
+def _as_layer_list(layers: str | Iterable[str]) -> list[str]:
+    names = [layers] if isinstance(layers, str) else list(layers)
+    if not names:
+        raise ValueError("give at least one layer name.")
+    if len(set(names)) != len(names):
+        raise ValueError(f"layer names must be distinct, got {names}.")
+    return names
+
+
+def check_featuremap(name: str, output: object) -> torch.Tensor:
+    """Return ``output`` if it is a 4-D featuremap ``[N, units, h, w]``, else raise."""
+    if isinstance(output, torch.Tensor) and output.dim() == 4:
+        return output
+    what = (f"a tensor of shape {tuple(output.shape)}" if isinstance(output, torch.Tensor)
+            else f"a {type(output).__name__}")
+    raise ValueError(
+        f"layer {name!r} outputs {what}; dissection needs spatial featuremaps of shape "
+        "[N, units, height, width] (a fully connected/MLP layer or generator has none). "
+        "Pick a convolutional layer of the generator."
+    )
+
+
+class StopForward(Exception):
+    """Raised by ``Trace(..., stop=True)`` once every traced layer has run."""
+
+
+class Trace:
+    """Record the outputs of one or more layers during forward passes.
+
+    Args:
+        model: any ``nn.Module``.
+        layers: a dotted layer name or a list of them.
+        detach: store ``output.detach()`` instead of the output itself.
+        require_featuremap: raise when a layer's output is not ``[N, U, h, w]``.
+        stop: abort the forward pass (by raising ``StopForward``, which the
+            context manager swallows) once all layers have run: useful to compute
+            featuremaps without paying for the rest of the network.
+
+    ``trace[layer]`` is the output of the latest forward pass; ``trace.outputs``
+    is the dict of all of them.
+    """
+
+    def __init__(self, model: nn.Module, layers: str | Iterable[str], *, detach: bool = False,
+                 require_featuremap: bool = False, stop: bool = False):
+        self.model = model
+        self.layers = _as_layer_list(layers)
+        self.modules = {name: resolve_layer(model, name) for name in self.layers}
+        self.detach = detach
+        self.require_featuremap = require_featuremap
+        self.stop = stop
+        self.outputs: dict[str, torch.Tensor] = {}
+        self._handles: list = []
+
+    def _hook_for(self, name: str):
+        def hook(module, inputs, output):
+            if self.require_featuremap:
+                check_featuremap(name, output)
+            self.outputs[name] = output.detach() if self.detach and isinstance(output, torch.Tensor) else output
+            if self.stop and all(layer in self.outputs for layer in self.layers):
+                raise StopForward()
+        return hook
+
+    def __enter__(self) -> "Trace":
+        self.outputs = {}
+        try:
+            for name, module in self.modules.items():
+                self._handles.append(module.register_forward_hook(self._hook_for(name)))
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        self.remove()
+        return exc_type is not None and issubclass(exc_type, StopForward)
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def clear(self) -> None:
+        self.outputs = {}
+
+    def __getitem__(self, layer: str) -> torch.Tensor:
+        if layer not in self.outputs:
+            if layer not in self.layers:
+                raise KeyError(f"layer {layer!r} is not traced; traced layers: {', '.join(self.layers)}")
+            raise KeyError(f"layer {layer!r} has not run yet; call the model inside the `with` block.")
+        return self.outputs[layer]
+
+
+def _per_unit(value, units: int, name: str, what: str, like: torch.Tensor) -> torch.Tensor:
+    """Scalar or ``[U]`` tensor -> broadcastable ``[1, U, 1, 1]`` (other 4-D shapes kept)."""
+    v = torch.as_tensor(value, dtype=like.dtype, device=like.device)
+    if v.dim() == 0:
+        return v
+    if v.dim() == 1:
+        if v.numel() != units:
+            raise ValueError(f"{what} for layer {name!r} has {v.numel()} entries but the layer has {units} units.")
+        return v.view(1, units, 1, 1)
+    if v.dim() == 4:
+        return v
+    raise ValueError(f"{what} must be a scalar, a [units] vector or a 4-D tensor, got shape {tuple(v.shape)}.")
+
+
+def _spatial_mask(mask, out: torch.Tensor, name: str) -> torch.Tensor:
+    m = torch.as_tensor(mask, dtype=out.dtype, device=out.device)
+    h, w = out.shape[-2:]
+    if m.shape[-2:] != (h, w):
+        raise ValueError(
+            f"the mask for layer {name!r} has spatial size {tuple(m.shape[-2:])} but the featuremap is "
+            f"{h}x{w}; give the mask at featuremap resolution."
+        )
+    if m.dim() == 2:
+        return m.view(1, 1, h, w)
+    if m.dim() == 3:
+        return m.unsqueeze(1)
+    if m.dim() == 4:
+        return m
+    raise ValueError(f"mask must be [h,w], [N,h,w] or [N,1,h,w], got shape {tuple(m.shape)}.")
+
+
+class Edit:
+    """Replace a layer's output by ``r * (1 - a*m) + k * (a*m)`` while active.
+
+    Args:
+        model, layer: the module and the dotted name of the layer to edit.
+        units: unit indices to edit fully (``a = 1`` there, 0 elsewhere), or
+        coefficients: per-unit ``a`` in [0, 1] (shape ``[U]``; may require grad,
+            e.g. to optimise a causal unit set). Give exactly one of the two.
+        mask: spatial mask ``m`` in [0, 1] at featuremap resolution, ``[h, w]``,
+            ``[N, h, w]`` or ``[N, 1, h, w]``; default: everywhere.
+        value: the forced value ``k``: a scalar, a per-unit ``[U]`` vector or a
+            tensor broadcastable to the featuremap. 0 (default) ablates.
+
+    The attributes ``coefficients``, ``mask`` and ``value`` may be changed between
+    forward passes.
+    """
+
+    def __init__(self, model: nn.Module, layer: str, *, units: Sequence[int] | None = None,
+                 coefficients: torch.Tensor | None = None, mask=None, value=0.0):
+        if (units is None) == (coefficients is None):
+            raise ValueError("give exactly one of `units` (indices to edit) or `coefficients` (per-unit a in [0,1]).")
+        self.model = model
+        self.layer = layer
+        self.module = resolve_layer(model, layer)
+        self.units = None if units is None else [int(u) for u in units]
+        self.coefficients = coefficients
+        self.mask = mask
+        self.value = value
+        self._handle = None
+
+    @classmethod
+    def ablate(cls, model: nn.Module, layer: str, units: Sequence[int], mask=None) -> "Edit":
+        """Force ``units`` to zero (within ``mask``)."""
+        return cls(model, layer, units=units, mask=mask, value=0.0)
+
+    @classmethod
+    def insert(cls, model: nn.Module, layer: str, units: Sequence[int], value, mask=None) -> "Edit":
+        """Force ``units`` to ``value`` (scalar or per-unit ``[U]``) within ``mask``."""
+        return cls(model, layer, units=units, mask=mask, value=value)
+
+    def _coefficients(self, out: torch.Tensor) -> torch.Tensor:
+        n_units = out.shape[1]
+        if self.units is not None:
+            bad = [u for u in self.units if not 0 <= u < n_units]
+            if bad:
+                raise IndexError(f"units {bad} do not exist in layer {self.layer!r}, which has {n_units} units.")
+            a = torch.zeros(n_units, dtype=out.dtype, device=out.device)
+            a[self.units] = 1.0
+            return a.view(1, n_units, 1, 1)
+        return _per_unit(self.coefficients, n_units, self.layer, "coefficients", out)
+
+    def edit(self, out: torch.Tensor) -> torch.Tensor:
+        """Apply the edit rule to a featuremap ``out`` ``[N, U, h, w]``."""
+        out = check_featuremap(self.layer, out)
+        am = self._coefficients(out)
+        if self.mask is not None:
+            am = am * _spatial_mask(self.mask, out, self.layer)
+        k = _per_unit(self.value, out.shape[1], self.layer, "value", out)
+        return out * (1 - am) + k * am
+
+    def __enter__(self) -> "Edit":
+        self._handle = self.module.register_forward_hook(lambda module, inputs, output: self.edit(output))
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+        return False
