@@ -74,7 +74,9 @@ class _Draw:
         return c.clamp(0, 1)[..., None, None]  # [n, *shape, 3, 1, 1]
 
 
-def _check(n, size):
+def _check(n, size, seed):
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an int, got {seed!r}.")
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise ValueError(f"n must be a non-negative int (number of scenes), got {n!r}.")
     if isinstance(size, bool) or not isinstance(size, int) or not MIN_SIZE <= size <= MAX_SIZE:
@@ -265,9 +267,7 @@ def render_scenes(n: int, *, seed: int, size: int = 64) -> tuple[torch.Tensor, t
     Deterministic for ``seed`` (any int), independent of the global RNG; the same
     seed gives the same geometry at every ``size`` (16..512).
     """
-    _check(n, size)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an int, got {seed!r}.")
+    _check(n, size, seed)
     images, labels = [], []
     for c in range(math.ceil(n / _CHUNK)):
         m = min(_CHUNK, n - c * _CHUNK)
@@ -289,7 +289,7 @@ class SceneDataset(Dataset):
     """
 
     def __init__(self, n: int, *, seed: int, size: int = 64):
-        _check(n, size)
+        _check(n, size, seed)
         self.n, self.seed, self.size = n, seed, size
         self.images = torch.empty(n, 3, size, size, dtype=torch.uint8)
         self.labels = torch.empty(n, size, size, dtype=torch.uint8)

@@ -1,0 +1,35 @@
+"""Scene rendering speed on one CPU thread: images per second at 32, 64 and 128 pixels.
+
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/render_speed.py
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from gan_monitor.toyworld.scenes import render_scenes  # noqa: E402
+
+
+def images_per_second(size: int, n: int, repeats: int = 3) -> float:
+    render_scenes(8, seed=0, size=size)  # warm-up
+    best = float("inf")
+    for r in range(repeats):
+        t = time.perf_counter()
+        render_scenes(n, seed=r, size=size)
+        best = min(best, time.perf_counter() - t)
+    return n / best
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    print("render_scenes, 1 thread (best of 3)")
+    for size, n in ((32, 1024), (64, 512), (128, 128)):
+        print(f"  {size:3d}x{size:<3d}: {images_per_second(size, n):8.0f} images/s")
+
+
+if __name__ == "__main__":
+    main()
