@@ -299,7 +299,7 @@ class _MonitorLogic:
         inputs = self.held_out_inputs(generator, device)
         result = dissect(
             generator, self.layers, self.segmenter, inputs=inputs, n=self.n, seed=self.seed,
-            threshold=self.threshold, quantile=self.quantile, iou=self.iou, cutoff=self.cutoff,
+            input_fn=self.input_fn, threshold=self.threshold, quantile=self.quantile, iou=self.iou, cutoff=self.cutoff,
             batch_size=self.batch_size, device=device, topk=self.top_images,
         )
         examples = None
