@@ -40,63 +40,96 @@ def quantile_rank(q: float, pixels: int) -> int:
     return max(1, min(int(pixels) - 1, math.ceil(q * pixels - 1e-9)))
 
 
-def _scatter_rows(values: torch.Tensor, keep: torch.Tensor, out: torch.Tensor, count: torch.Tensor) -> None:
-    """Append ``values[u][keep[u]]`` to row u of ``out`` after its ``count[u]`` used slots."""
-    rows, cols = keep.nonzero(as_tuple=True)
-    if rows.numel() == 0:
-        return
-    new = keep.sum(1)
-    first = torch.cumsum(new, 0) - new
-    rank = torch.arange(rows.numel(), device=rows.device) - first[rows]
-    out[rows, count[rows] + rank] = values[rows, cols]
-    count += new
+def _next_prime(k: int) -> int:
+    k = max(2, k)
+    while any(k % d == 0 for d in range(2, int(k ** 0.5) + 1)):
+        k += 1
+    return k
 
 
 class TopValues:
-    """Exact ``rank``-th largest value per unit over a stream of ``[U, M]`` values."""
+    """Exact ``rank``-th largest value per unit over a stream of values.
+
+    Invariant: at least ``rank`` of the values seen are >= ``floor[u]``, and the
+    buffer holds every value seen that is > ``floor[u]``. Most values fail the
+    one comparison with the floor, so a batch costs about one compare and one scan.
+    """
 
     def __init__(self, n_units: int, rank: int, device=None):
         self.rank = int(rank)
+        self.n_units = int(n_units)
         self.buffer = torch.full((n_units, 2 * self.rank), -math.inf, device=device)
         self.count = torch.zeros(n_units, dtype=torch.long, device=device)
-        # Invariant: at least `rank` values seen are >= floor; the buffer holds every value > floor.
         self.floor = torch.full((n_units,), -math.inf, device=device)
 
-    def _prune(self) -> None:
-        full = self.count >= self.rank
-        if full.any():
-            width = self.buffer.shape[1]
-            kth = self.buffer.kthvalue(width - self.rank + 1, dim=1).values
-            self.floor = torch.where(full, kth, self.floor)
-        keep = self.buffer > self.floor[:, None]
-        old = self.buffer
-        self.buffer = torch.full_like(old, -math.inf)
-        self.count = torch.zeros_like(self.count)
-        _scatter_rows(old, keep, self.buffer, self.count)
-
-    def update(self, values: torch.Tensor) -> None:
-        """Add ``values`` ``[U, M]`` (or ``[B, U, ...]``, reshaped)."""
-        if values.dim() != 2:
-            values = values.transpose(0, 1).reshape(values.shape[1], -1)
-        values = values.to(self.buffer.device, torch.float32)
-        keep = values > self.floor[:, None]
-        need = int((self.count + keep.sum(1)).max())
-        if need > self.buffer.shape[1]:
+    def _append(self, rows: torch.Tensor, values: torch.Tensor) -> None:
+        """Append values (rows sorted ascending) to their units' rows of the buffer."""
+        new = torch.bincount(rows, minlength=self.n_units)
+        if int((self.count + new).max()) > self.buffer.shape[1]:
             self._prune()
-            keep = values > self.floor[:, None]
-            need = int((self.count + keep.sum(1)).max())
+            keep = values > self.floor[rows]
+            rows, values = rows[keep], values[keep]
+            new = torch.bincount(rows, minlength=self.n_units)
+            need = int((self.count + new).max())
             if need > self.buffer.shape[1]:
-                grown = torch.full((self.buffer.shape[0], max(need, 2 * self.rank)), -math.inf,
-                                   device=self.buffer.device)
+                grown = torch.full((self.n_units, max(need, 2 * self.rank)), -math.inf, device=self.buffer.device)
                 grown[:, : self.buffer.shape[1]] = self.buffer
                 self.buffer = grown
-        _scatter_rows(values, keep, self.buffer, self.count)
+        if rows.numel():
+            first = torch.cumsum(new, 0) - new
+            offset = torch.arange(rows.numel(), device=rows.device) - first[rows]
+            self.buffer[rows, self.count[rows] + offset] = values
+            self.count += new
+
+    def _prune(self) -> None:
+        full = (self.count >= self.rank).nonzero().flatten()
+        if full.numel():
+            rows = self.buffer[full]
+            kth = rows.kthvalue(rows.shape[1] - self.rank + 1, dim=1).values
+            self.floor[full] = torch.maximum(self.floor[full], kth)
+        rows, cols = (self.buffer > self.floor[:, None]).nonzero(as_tuple=True)
+        values = self.buffer[rows, cols]
+        self.buffer = torch.full_like(self.buffer, -math.inf)
+        self.count.zero_()
+        self._append(rows, values)
+
+    def _raise_floor(self, values: torch.Tensor) -> None:
+        """Lift -inf floors to about this batch's own rank-th largest value.
+
+        The guess comes from a strided subsample (a prime stride, so every pixel
+        phase is sampled) and is accepted only where counting confirms that at
+        least ``rank`` values of the batch reach it; otherwise the floor stays put.
+        """
+        b, _, m = values.shape
+        if b * m < self.rank:
+            return
+        step = _next_prime(max(1, min(self.rank // 64, (b * m) // 4096)))
+        index = torch.arange(0, b * m, step, device=values.device)
+        sample = values[index // m, :, index % m].T  # [U, samples]
+        for margin in (1.05, 1.5):
+            want = min(sample.shape[1], math.ceil(self.rank / step * margin) + 8)
+            guess = sample.kthvalue(sample.shape[1] - want + 1, dim=1).values
+            rows = (values >= guess.view(1, -1, 1)).nonzero(as_tuple=True)[1]
+            enough = (torch.bincount(rows, minlength=self.n_units) >= self.rank) & torch.isinf(self.floor)
+            self.floor = torch.where(enough, guess, self.floor)
+            if not torch.isinf(self.floor).any():
+                return
+
+    def update(self, values: torch.Tensor) -> None:
+        """Add ``values`` ``[B, U, M]`` (or ``[U, M]``)."""
+        if values.dim() == 2:
+            values = values.unsqueeze(0)
+        values = values.to(self.buffer.device, torch.float32)
+        if torch.isinf(self.floor).any():
+            self._raise_floor(values)
+        b, u, p = (values > self.floor.view(1, -1, 1)).nonzero(as_tuple=True)
+        order = torch.argsort(u, stable=True)
+        self._append(u[order], values[b[order], u[order], p[order]])
 
     def merge(self, other: "TopValues") -> None:
         """Fold in another stream's state (e.g. another process's)."""
         self.floor = torch.maximum(self.floor, other.floor.to(self.floor.device))
-        values = other.buffer.to(self.buffer.device)
-        self.update(torch.where(values > self.floor[:, None], values, -math.inf))
+        self.update(other.buffer.to(self.buffer.device))
 
     def result(self) -> torch.Tensor:
         """``[U]`` the exact ``rank``-th largest value of each unit."""
