@@ -71,7 +71,7 @@ class _Draw:
         table = torch.tensor(palette)
         idx = torch.randint(len(palette), (self.n, *shape), generator=self.g)
         c = table[idx] + jitter * (2 * torch.rand(self.n, *shape, 3, generator=self.g) - 1)
-        return c.clamp(0, 1)[..., None, None]  # [n, *shape, 3, 1, 1]
+        return c.clamp(0, 1)  # [n, *shape, 3]
 
 
 def _check(n, size, seed):
@@ -86,26 +86,63 @@ def _check(n, size, seed):
         )
 
 
-def _paint(img, lab, mask, label, colour):
-    """Set label and colour where ``mask`` ([n,H,W] bool) holds; colour [n,3,H|1,W|1]."""
-    lab.masked_fill_(mask, label)
-    img.copy_(torch.where(mask[:, None], colour, img))
+class _Canvas:
+    """Label map plus, per pixel, which flat colour (an id into a per-image colour
+    table) and which brightness factor paints it; colours are looked up once at the
+    end, so drawing an object costs a few single-channel operations."""
+
+    def __init__(self, n: int, size: int, sky: torch.Tensor):
+        self.n, self.size = n, size
+        self.lab = torch.full((n, size, size), L["sky"], dtype=torch.uint8)
+        self.oid = torch.zeros(n, size, size, dtype=torch.uint8)
+        self.shade = torch.ones(n, size, size)
+        self.zbuf = torch.zeros(n, size, size)  # base y of the object drawn (0 = background)
+        self.colours = [sky]
+
+    def colour_id(self, colour: torch.Tensor) -> int:
+        """Register a colour [n,3] (one per image) and return its id."""
+        self.colours.append(colour.reshape(self.n, 3))
+        return len(self.colours) - 1
+
+    def paint(self, mask, label: int, colour: torch.Tensor, shade=None) -> None:
+        self.lab.masked_fill_(mask, label)
+        self.oid.masked_fill_(mask, self.colour_id(colour))
+        if shade is not None:
+            torch.where(mask, shade, self.shade, out=self.shade)
+        else:
+            self.shade.masked_fill_(mask, 1.0)
+
+    def paint_object(self, mask, labels, ids, shade, depth) -> None:
+        """Draw a depth-tested object whose label, colour id and shade vary per pixel."""
+        mask = mask & (self.zbuf < depth)
+        torch.where(mask, labels, self.lab, out=self.lab)
+        torch.where(mask, ids, self.oid, out=self.oid)
+        torch.where(mask, shade, self.shade, out=self.shade)
+        torch.where(mask, depth, self.zbuf, out=self.zbuf)
+
+    def image(self) -> torch.Tensor:
+        table = torch.stack(self.colours, 1)  # [n, K, 3]
+        idx = self.oid.long() + table.shape[1] * torch.arange(self.n).view(-1, 1, 1)
+        rgb = table.reshape(-1, 3)[idx]  # [n, H, W, 3]
+        return rgb.permute(0, 3, 1, 2) * self.shade[:, None]
+
+
+def _u8(x) -> torch.Tensor:
+    return torch.tensor(x, dtype=torch.uint8)
 
 
 def _render_chunk(g: torch.Generator, n_draw: int, n: int, size: int):
     d = _Draw(n_draw, g)
     xs = ((torch.arange(size) + 0.5) / size).view(1, 1, size)
     ys = ((torch.arange(size) + 0.5) / size).view(1, size, 1)
-    img = torch.zeros(n_draw, 3, size, size)
-    lab = torch.empty(n_draw, size, size, dtype=torch.long)
     sun = torch.where(d.p(0.5), 1.0, -1.0)  # which side the light comes from
-    # --- sky: vertical gradient, lighter towards the horizon
+    # --- sky: vertical gradient, lighter towards the horizon (added at the end)
     hz0, tilt, wav_a, wav_f, wav_p = d.u(0.34, 0.6), d.u(-0.08, 0.08), d.u(0, 0.02), d.u(3, 9), d.u(0, 6.3)
     horizon = hz0 + tilt * (xs - 0.5) + wav_a * torch.sin(wav_f * xs + wav_p)  # [n,1,W]
     sky = d.colour(_SKY)
-    pale = (0.15 + 0.35 * (ys / hz0).clamp(0, 1))[:, None]
-    img.copy_((sky * (1 - pale) + pale * 0.95).expand(-1, 3, size, size))
-    lab.fill_(L["sky"])
+    pale = 0.15 + 0.35 * (ys / hz0).clamp(0, 1)  # [n,H,1]
+    cv = _Canvas(n_draw, size, sky)
+    cv.shade.copy_((1 - pale).expand(-1, size, size))
     # --- clouds: each a union of three flattened blobs, darker underneath
     kc = 4
     c_on = d.p(0.45, kc)
@@ -113,15 +150,14 @@ def _render_chunk(g: torch.Generator, n_draw: int, n: int, size: int):
     c_off, c_col = d.u(-1, 1, kc, 3, 2), d.colour(_CLOUD, kc)
     for k in range(kc):
         cy = c_y[:, k] * (hz0 - 0.1).clamp(min=0.05)
+        w = c_w[:, k] * c_on[:, k]  # absent clouds get zero size
         m = torch.zeros(n_draw, size, size, dtype=torch.bool)
         for b in range(3):
             bx = c_x[:, k] + c_off[:, k, b, 0] * c_w[:, k]
             by = cy + c_off[:, k, b, 1] * c_w[:, k] * 0.25
-            r = c_w[:, k] * (1.0 - 0.25 * b)
+            r = (w * (1.0 - 0.25 * b)).clamp(min=1e-6)
             m |= ((xs - bx) / r) ** 2 + ((ys - by) / (0.45 * r)) ** 2 < 1
-        m &= c_on[:, k]
-        shade = (1.0 - 1.5 * (ys - cy).clamp(min=0))[:, None]
-        _paint(img, lab, m, L["cloud"], c_col[:, k] * shade)
+        cv.paint(m, L["cloud"], c_col[:, k], 1.0 - 1.5 * (ys - cy).clamp(min=0))
     # --- mountains: max of triangular peaks, hazy, sunlit on one slope, snow caps
     km = 3
     m_on, m_x, m_h = d.p(0.8), d.u(-0.1, 1.1, km), d.u(0.08, 0.32, km)
@@ -129,39 +165,40 @@ def _render_chunk(g: torch.Generator, n_draw: int, n: int, size: int):
     snow, snow_lvl = d.p(0.3), d.u(0.5, 0.8)
     peaks = torch.stack([m_h[:, k] - m_slope[:, k] * (xs - m_x[:, k]).abs() for k in range(km)])  # [km,n,1,W]
     ridge, which = peaks.max(0)
-    px = torch.gather(m_x.squeeze(-1).squeeze(-1), 1, which.view(n_draw, -1)).view(n_draw, 1, size)
-    m = (ys > hz0 - ridge) & m_on & (ridge > 0)
-    lit = (1 + 0.15 * sun * torch.sign(xs - px))[:, None]
-    col = (m_col * (1 - m_haze[:, None]) + sky * m_haze[:, None]) * lit
-    top = (m_h.max(1).values * snow_lvl)
-    col = torch.where(((hz0 - ys) > top)[:, None] & snow[:, None], torch.full_like(col, 0.92) * lit, col)
-    _paint(img, lab, m, L["mountain"], col)
+    ridge = torch.where(m_on & (ridge > 0), ridge, -1.0)  # -1: no mountain in this column
+    px = torch.gather(m_x.view(n_draw, km), 1, which.view(n_draw, -1)).view(n_draw, 1, size)
+    lit = 1 + 0.15 * sun * torch.sign(xs - px)  # [n,1,W]
+    hazy = m_col * (1 - m_haze.view(-1, 1)) + sky * m_haze.view(-1, 1)
+    cv.paint(ys > hz0 - ridge, L["mountain"], hazy, lit)
+    snow_line = hz0 - m_h.view(n_draw, km).max(1).values.view(-1, 1, 1) * torch.where(snow, snow_lvl, 9.0)
+    cv.paint((ys > hz0 - ridge) & (ys < snow_line), L["mountain"], torch.full_like(sky, 0.92), lit)
     # --- ground (grass) and a road vanishing at the horizon
     ground = ys > horizon
     g_col = d.colour(_GRASS)
     depth = ((ys - horizon) / (1 - horizon).clamp(min=0.2)).clamp(0, 1)  # 0 at horizon, 1 at bottom
-    _paint(img, lab, ground, L["grass"], g_col * (0.85 + 0.25 * depth[:, None]))
+    cv.paint(ground, L["grass"], g_col, 0.85 + 0.25 * depth)
     r_on, r_top, r_bot, r_w = d.p(0.8), d.u(0.3, 0.7), d.u(-0.1, 1.1), d.u(0.1, 0.4)
     r_col = d.colour(_ROAD)
     centre = r_top + (r_bot - r_top) * depth
-    road = ground & r_on & ((xs - centre).abs() < 0.008 + r_w * depth)
-    _paint(img, lab, road, L["road"], r_col * (0.9 + 0.15 * depth[:, None]))
-    zbuf = torch.zeros(n_draw, size, size)  # depth of what is drawn: base y of objects
-    _buildings(d, img, lab, zbuf, xs, ys, hz0, sun)
-    _trees(d, img, lab, zbuf, xs, ys, hz0, sun)
+    road = ground & ((xs - centre).abs() < (0.008 + r_w * depth) * r_on)
+    cv.paint(road, L["road"], r_col, 0.9 + 0.15 * depth)
+    _buildings(d, cv, xs, ys, hz0, sun)
+    _trees(d, cv, xs, ys, hz0, sun)
     # --- lighting and texture
     bright, tint = d.u(0.7, 1.15)[:, None], d.u(0.9, 1.1, 3)  # [n,1,1,1], [n,3,1,1]
     coarse = F.interpolate(torch.randn(n_draw, 1, 6, 6, generator=g), size=(size, size), mode="bilinear",
                            align_corners=False)
     amp_fine, amp_coarse = d.u(0.005, 0.03)[:, None], d.u(0.0, 0.06)[:, None]
     fine = torch.randn(n_draw, 3, size, size, generator=g)  # drawn last: geometry is size-independent
-    img, lab = img[:n], lab[:n]
+    lab = cv.lab[:n].long()
+    img = cv.image()[:n]
+    img = img + torch.where(lab == L["sky"], 0.95 * pale[:n], 0.0)[:, None]
     tex = _TEXTURE[lab][:, None] * torch.randn(n, 1, size, size, generator=g)
     img = img * bright[:n] * tint[:n] * (1 + amp_coarse[:n] * coarse[:n]) + tex + amp_fine[:n] * fine[:n]
     return (img.clamp(0, 1) * 2 - 1).contiguous(), lab.contiguous()
 
 
-def _buildings(d, img, lab, zbuf, xs, ys, hz0, sun):
+def _buildings(d, cv, xs, ys, hz0, sun):
     kb = 3
     on = torch.cat([d.p(0.95)[:, None], d.p(0.6)[:, None], d.p(0.35)[:, None]], 1)  # [n,3,1,1]
     t = d.u(0, 1, kb)
@@ -180,52 +217,49 @@ def _buildings(d, img, lab, zbuf, xs, ys, hz0, sun):
     tower, tw, th, tpos = d.p(0.4, kb), (d.u(0.3, 0.5, kb) * bw).clamp(min=0.07), d.u(0.08, 0.2, kb) * scale, d.u(-1, 1, kb)
     has_dome, dome_wf, dome_hf = d.p(0.65, kb), d.u(0.3, 0.48, kb), d.u(0.7, 1.3, kb)
     has_roof, roof_h = d.p(0.6, kb), d.u(0.04, 0.1, kb) * scale
+    dull = (win_col - col).abs().mean(-1, keepdim=True) < 0.2  # keep windows visible on the facade
+    win_col = torch.where(dull, col * 0.45, win_col)
     for k in range(kb):
-        x0, x1, b, tp = cx[:, k] - bw[:, k] / 2, cx[:, k] + bw[:, k] / 2, base[:, k], top[:, k]
-        body = (xs > x0) & (xs < x1) & (ys > tp) & (ys < b)
+        cxk, bwk, b, tp = cx[:, k], bw[:, k], base[:, k], top[:, k]
+        in_x = ((xs - cxk).abs() < bwk / 2) & on[:, k]  # [n,1,W]
+        body = in_x & (ys > tp) & (ys < b)
         # tower on the roof line; a dome sits on the tower if any, else on the body
         th_k = torch.minimum(th[:, k], (tp - 0.1).clamp(min=0))
         has_t = tower[:, k] & (th_k > 0.03)
-        tcx = cx[:, k] + tpos[:, k] * (bw[:, k] - tw[:, k]) / 2
-        tow = has_t & ((xs - tcx).abs() < tw[:, k] / 2) & (ys > tp - th_k) & (ys <= tp)
-        s_top, s_cx = torch.where(has_t, tp - th_k, tp), torch.where(has_t, tcx, cx[:, k])
-        s_w = torch.where(has_t, tw[:, k], bw[:, k])
+        tcx = cxk + tpos[:, k] * (bwk - tw[:, k]) / 2
+        tow = ((xs - tcx).abs() < tw[:, k] / 2) & has_t & on[:, k] & (ys > tp - th_k) & (ys <= tp)
+        s_top, s_cx = torch.where(has_t, tp - th_k, tp), torch.where(has_t, tcx, cxk)
+        s_w = torch.where(has_t, tw[:, k], bwk)
         a = dome_wf[:, k] * s_w
-        bb = torch.minimum(a * dome_hf[:, k], s_top - 0.02).clamp(min=0)
-        dome_on = has_dome[:, k] & (bb > 0.02) & (a > 0.03)
-        dome = dome_on & (ys <= s_top) & (((xs - s_cx) / a) ** 2 + ((ys - s_top) / bb.clamp(min=1e-3)) ** 2 < 1)
+        bb = torch.minimum(a * dome_hf[:, k], s_top - 0.02).clamp(min=1e-3)
+        dome_on = has_dome[:, k] & (bb > 0.02) & (a > 0.03) & on[:, k]
+        dome = ((xs - s_cx) / a) ** 2 + ((ys - s_top) / bb) ** 2 < torch.where(dome_on, 1.0, 0.0) * (ys <= s_top)
         roof_on = has_roof[:, k] & ~dome_on
-        rh = torch.minimum(roof_h[:, k], tp - 0.04)
-        roof = roof_on & (ys <= tp) & (ys > tp - rh * (1 - (xs - cx[:, k]).abs() / (bw[:, k] / 2)))
+        rh = torch.minimum(roof_h[:, k], tp - 0.04) * roof_on
+        roof = (ys <= tp) & (ys > tp - rh * (1 - (xs - cxk).abs() / (bwk / 2))) & in_x
         # facade parts: door at the base, window grid above it with a margin all round
-        dcx = cx[:, k] + dpos[:, k] * (bw[:, k] - dw[:, k] - 0.04).clamp(min=0)
-        door = body & ((xs - dcx).abs() < dw[:, k] / 2) & (ys > b - dh[:, k])
+        dcx = cxk + dpos[:, k] * (bwk - dw[:, k] - 0.04).clamp(min=0)
+        dhk = torch.minimum(dh[:, k], b - tp - 0.05)  # keep facade above the door
+        door = ((xs - dcx).abs() < dw[:, k] / 2) & in_x & (ys > b - dhk) & (ys < b)
         px_, py_ = ww[:, k] + gx[:, k], wh[:, k] + gy[:, k]
-        ncol = torch.floor((bw[:, k] - 0.05 + gx[:, k]) / px_).clamp(0, 5)
-        nrow = torch.floor((b - dh[:, k] - tp - 0.05 + gy[:, k]) / py_).clamp(0, 3)
-        gx0 = cx[:, k] - (ncol * px_ - gx[:, k]) / 2
-        gy0 = tp + 0.025
-        ux, uy = (xs - gx0) / px_, (ys - gy0) / py_
-        wnd = body & (ux >= 0) & (ux < ncol) & (uy >= 0) & (uy < nrow)
-        wnd &= (ux - ux.floor() < ww[:, k] / px_) & (uy - uy.floor() < wh[:, k] / py_) & ~door
-        full = (body | tow | dome | roof) & on[:, k] & (zbuf < b)
-        part = torch.full_like(lab, L["building"])
-        part[door], part[wnd], part[dome] = L["door"], L["window"], L["dome"]
-        shade = (1 + 0.12 * sun * (xs - cx[:, k]) / (bw[:, k] / 2))[:, None]
-        c = torch.where(roof[:, None], roof_col[:, k], col[:, k]) * shade
-        wc = win_col[:, k]
-        dull = ((wc - col[:, k]).abs().mean(1, keepdim=True) < 0.2)  # keep windows visible on the facade
-        wc = torch.where(dull, col[:, k] * 0.45, wc)
-        c = torch.where(wnd[:, None], wc, c)
-        c = torch.where(door[:, None], door_col[:, k], c)
-        dshade = (1 + 0.3 * sun * (xs - s_cx) / a - 0.2 * (s_top - ys) / bb.clamp(min=1e-3))[:, None]
-        c = torch.where(dome[:, None], dome_col[:, k] * dshade, c)
-        lab.copy_(torch.where(full, part, lab))
-        img.copy_(torch.where(full[:, None], c, img))
-        zbuf.copy_(torch.where(full, b.expand_as(zbuf), zbuf))
+        ncol = torch.floor((bwk - 0.05 + gx[:, k]) / px_).clamp(0, 5)
+        nrow = torch.floor((b - dhk - tp - 0.05 + gy[:, k]) / py_).clamp(0, 3)
+        ux, uy = (xs - cxk + (ncol * px_ - gx[:, k]) / 2) / px_, (ys - tp - 0.025) / py_
+        wx = (ux >= 0) & (ux < ncol) & (ux - ux.floor() < ww[:, k] / px_) & in_x
+        wy = (uy >= 0) & (uy < nrow) & (uy - uy.floor() < wh[:, k] / py_) & (ys > tp) & (ys <= b - dhk)
+        wnd = wx & wy
+        labels = torch.where(door, _u8(L["door"]), torch.where(wnd, _u8(L["window"]), _u8(L["building"])))
+        labels = torch.where(dome, _u8(L["dome"]), labels)
+        i_body, i_roof, i_win, i_door, i_dome = (cv.colour_id(c[:, k]) for c in (col, roof_col, win_col, door_col, dome_col))
+        ids = torch.where(door, _u8(i_door), torch.where(wnd, _u8(i_win), _u8(i_body)))
+        ids = torch.where(dome, _u8(i_dome), torch.where(roof, _u8(i_roof), ids))
+        facade = 1 + 0.12 * sun * (xs - cxk) / (bwk / 2)  # [n,1,W]
+        dshade = 1 + 0.3 * sun * (xs - s_cx) / a - 0.2 * (s_top - ys) / bb
+        shade = torch.where(dome, dshade, torch.where(door | wnd, 1.0, facade))
+        cv.paint_object(body | tow | dome | roof, labels, ids, shade, b)
 
 
-def _trees(d, img, lab, zbuf, xs, ys, hz0, sun):
+def _trees(d, cv, xs, ys, hz0, sun):
     kt = 7
     on = d.p(0.5, kt)
     t = d.u(0, 1, kt)
@@ -235,24 +269,25 @@ def _trees(d, img, lab, zbuf, xs, ys, hz0, sun):
     x, r = d.u(-0.05, 1.05, kt), d.u(0.05, 0.1, kt) * scale
     conifer, trunk_h, cone_h, cone_w = d.p(0.35, kt), d.u(0.5, 1.1, kt), d.u(2.2, 3.2, kt), d.u(0.75, 1.05, kt)
     off, col, trunk_col = d.u(-0.6, 0.6, kt, 3, 2), d.colour(_TREE, kt, jitter=0.08), d.colour(_DOOR[:1] + _DOOR[4:], kt)
+    r = r * on  # absent trees get zero size
+    tree = _u8(L["tree"])
     for k in range(kt):
-        rk, b = r[:, k], base[:, k]
+        rk, b, xk = r[:, k], base[:, k], x[:, k]
         trunk_top = b - trunk_h[:, k] * rk
-        trunk = ((xs - x[:, k]).abs() < 0.15 * rk) & (ys < b) & (ys > trunk_top - rk)
+        trunk = ((xs - xk).abs() < 0.15 * rk) & (ys < b) & (ys > trunk_top - rk)
         cy = trunk_top - 0.75 * rk
         crown = torch.zeros_like(trunk)
         for j in range(3):
             rr = rk * (1 - 0.2 * j)
-            crown |= (xs - x[:, k] - off[:, k, j, 0] * rk) ** 2 + (ys - cy - off[:, k, j, 1] * rk) ** 2 < rr ** 2
+            crown |= (xs - xk - off[:, k, j, 0] * rk) ** 2 + (ys - cy - off[:, k, j, 1] * rk) ** 2 < rr ** 2
         apex = trunk_top - cone_h[:, k] * rk
-        cone = (ys > apex) & (ys < trunk_top) & ((xs - x[:, k]).abs() < cone_w[:, k] * rk * (ys - apex) / (cone_h[:, k] * rk))
+        half = cone_w[:, k] * (ys - apex) / cone_h[:, k]  # half width of the cone at each row
+        cone = ((xs - xk).abs() < half) & (ys > apex) & (ys < trunk_top)
         crown = torch.where(conifer[:, k], cone, crown)
-        full = (trunk | crown) & on[:, k] & (zbuf < b)
-        shade = (1 + 0.25 * sun * (xs - x[:, k]) / rk.clamp(min=1e-3)).clamp(0.7, 1.3)[:, None]
-        c = torch.where(crown[:, None], col[:, k] * shade, trunk_col[:, k])
-        lab.masked_fill_(full, L["tree"])
-        img.copy_(torch.where(full[:, None], c, img))
-        zbuf.copy_(torch.where(full, b.expand_as(zbuf), zbuf))
+        i_crown, i_trunk = cv.colour_id(col[:, k]), cv.colour_id(trunk_col[:, k])
+        shade = (1 + 0.25 * sun * (xs - xk) / rk.clamp(min=1e-3)).clamp(0.7, 1.3)
+        ids = torch.where(crown, _u8(i_crown), _u8(i_trunk))
+        cv.paint_object(trunk | crown, tree, ids, torch.where(crown, shade, 1.0), b)
 
 
 def _chunk_generator(seed: int, chunk: int) -> torch.Generator:
