@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-__all__ = ["DEFAULTS", "add_arguments", "run", "run_demo", "format_table"]
+__all__ = ["DEFAULTS", "add_arguments", "run", "run_demo", "plan_schedule", "make_monitor",
+           "seconds_per_batch", "format_table"]
 
 # Chosen so that dissections cost <= ~5% of the training time on 2 CPU cores while
 # giving ~8 points on the curves in 10 minutes (see bench/monitor_overhead.py).
@@ -75,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _seconds_per_batch(hparams: dict, batches: int = 6) -> float:
+def seconds_per_batch(hparams: dict, batches: int = 6) -> float:
     """Median time of a training batch of a throwaway ToyGAN with the given settings."""
     import lightning.pytorch as pl
 
@@ -98,6 +99,28 @@ def _seconds_per_batch(hparams: dict, batches: int = 6) -> float:
                    enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
                    callbacks=[Clock()]).fit(ToyGAN(**hp))
     return sorted(times[1:])[len(times[1:]) // 2]
+
+
+def plan_schedule(seconds: float, per_batch: float, points: int,
+                  max_batches: int | None = None) -> tuple[int, int]:
+    """``(expected batches, every_n_steps)``: how many batches fit into ``seconds``
+    (keeping 5% for the dissections) and the interval giving ``points`` dissections."""
+    expected = max(1, int(0.95 * seconds / per_batch))
+    if max_batches is not None:
+        expected = min(expected, int(max_batches))
+    return expected, max(1, expected // max(1, int(points)))
+
+
+def make_monitor(segmenter, every_n_steps: int, *, layers: Sequence[str] = DEFAULTS["layers"],
+                 n: int = DEFAULTS["n"], seed: int = DEFAULTS["seed"],
+                 threshold: str = DEFAULTS["threshold"], quantile: float = DEFAULTS["quantile"],
+                 cutoff: float = DEFAULTS["cutoff"]):
+    """The demo's DissectionMonitor on ``ToyGAN.generator`` (also used by the overhead bench)."""
+    from .callback import DissectionMonitor
+
+    return DissectionMonitor(list(layers), segmenter, generator="generator", every_n_steps=every_n_steps,
+                             n=n, seed=seed, threshold=threshold, quantile=quantile, cutoff=cutoff,
+                             iou=DEFAULTS["iou"], batch_size=100, top_units=8, top_images=5)
 
 
 def run_demo(
@@ -126,31 +149,31 @@ def run_demo(
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from .callback import DissectionMonitor
     from .toyworld.gan import ToyGAN
     from .toyworld.segmenter import load_segmenter
+    from .tracing import layer_names
 
     start = time.perf_counter()
     torch.set_num_threads(int(threads))
     out = Path(out)
-    segmenter = load_segmenter()
     pl.seed_everything(seed, verbose=False)
     model = ToyGAN(data_seed=seed, **(gan_kwargs or {}))
-    monitor_kw = dict(generator="generator", n=n, seed=seed, threshold=threshold, quantile=quantile,
-                      cutoff=cutoff, iou=DEFAULTS["iou"], batch_size=100, top_units=8, top_images=5)
-    # Validate the layer names before spending time on the pilot.
-    DissectionMonitor(list(layers), segmenter, **monitor_kw).resolve_generator(model)
+    unknown = [name for name in layers if name not in layer_names(model.generator)]
+    if unknown:
+        raise ValueError(f"the toy generator has no layer(s) {unknown}; its blocks are "
+                         f"{', '.join(model.generator.layer_names)} (any of: "
+                         f"{', '.join(layer_names(model.generator))}).")
+    segmenter = load_segmenter()
 
     budget = minutes * 60.0
     if every_n_steps is None:
-        per_batch = _seconds_per_batch(dict(model.hparams))
-        expected = 0.95 * (budget - (time.perf_counter() - start)) / per_batch
-        if max_batches is not None:
-            expected = min(expected, max_batches)
-        every_n_steps = max(1, int(expected // max(1, points)))
+        per_batch = seconds_per_batch(dict(model.hparams))
+        expected, every_n_steps = plan_schedule(budget - (time.perf_counter() - start), per_batch,
+                                                points, max_batches)
         echo(f"gan-monitor demo: ~{per_batch:.2f} s per batch here, so {int(expected)} batches "
              f"fit in {minutes:g} min; dissecting every {every_n_steps} batches.")
-    monitor = DissectionMonitor(list(layers), segmenter, every_n_steps=every_n_steps, **monitor_kw)
+    monitor = make_monitor(segmenter, every_n_steps, layers=layers, n=n, seed=seed, threshold=threshold,
+                           quantile=quantile, cutoff=cutoff)
     logger = TensorBoardLogger(str(out), name="", default_hp_metric=False)
     echo(f"gan-monitor demo: logs and checkpoints in {logger.log_dir}")
     echo(f"  follow along with:  tensorboard --logdir {out}")

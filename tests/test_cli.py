@@ -1,0 +1,73 @@
+"""The gan-monitor command line: argument handling, and a miniature demo run on
+the toy world (tiny GAN, few batches) end to end."""
+from __future__ import annotations
+
+import pytest
+
+from gan_monitor.cli import main
+from gan_monitor.demo import format_table
+
+TINY_GAN = dict(latent_dim=16, image_size=32, g_channels=(32, 16, 8), d_channels=(8, 16, 32),
+                batch_size=8, num_scenes=32)
+
+
+def test_help_lists_subcommands(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    assert "demo" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    out = capsys.readouterr().out
+    for option in ("--minutes", "--layers", "--out", "--threshold"):
+        assert option in out
+
+
+def test_no_command_prints_help_and_fails(capsys):
+    assert main([]) == 2
+    assert "COMMAND" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["demo", "--minutes", "0"], "--minutes must be positive"),
+    (["demo", "--n", "0"], "--n must be a positive integer"),
+    (["demo", "--layers", "layer9"], "no layer(s) ['layer9']"),
+])
+def test_bad_demo_arguments_exit_2_with_a_reason(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "gan-monitor demo: error" in err
+
+
+def test_format_table_first_and_last():
+    class Settings:
+        n, seed, threshold, quantile, iou, cutoff = 100, 0, "quantile", 0.01, "plain", 0.05
+
+    def entry(step, units, diversity, iou):
+        return {"step": step, "layers": {"layer3": {"units": 64, "interpretable_units": units,
+                                                    "concept_diversity": diversity, "mean_iou": iou}}}
+
+    text = format_table([entry(0, 1, 1, 0.051), entry(50, 3, 2, 0.07), entry(100, 17, 5, 0.094)], Settings())
+    row = next(line for line in text.splitlines() if line.startswith("layer3"))
+    assert row.split() == ["layer3", "64", "1", "->", "17", "1", "->", "5", "0.051", "->", "0.094"]
+    assert "threshold mode: quantile (unit on in its top 1% of pixels)" in text
+    assert "first dissection at step 0, last at step 100 (3 dissections)" in text
+    assert "No dissection completed" in format_table([], Settings())
+
+
+def test_miniature_demo_writes_logs_checkpoints_and_table(tmp_path, capsys):
+    from gan_monitor.demo import run_demo
+
+    summary = run_demo(minutes=2, out=tmp_path / "demo", layers=["layer2", "layer3"], n=16,
+                       every_n_steps=2, max_batches=4, threads=1, progress=False, gan_kwargs=TINY_GAN)
+    out = capsys.readouterr().out
+    assert f"tensorboard --logdir {tmp_path / 'demo'}" in out
+    assert [h["step"] for h in summary["history"]] == [0, 2, 4]
+    assert summary["batches"] == 4
+    assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "demo").rglob("*"))
+    assert list((tmp_path / "demo").rglob("*.ckpt")), "no checkpoint written"
+    table_rows = [line.split() for line in out.splitlines() if line.startswith(("layer2 ", "layer3 "))]
+    assert [r[0] for r in table_rows] == ["layer2", "layer3"]
+    first, last = summary["history"][0]["layers"], summary["history"][-1]["layers"]
+    assert table_rows[0][2] == str(first["layer2"]["interpretable_units"])
+    assert table_rows[0][4] == str(last["layer2"]["interpretable_units"])
