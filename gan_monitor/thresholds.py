@@ -122,9 +122,9 @@ class TopValues:
         values = values.to(self.buffer.device, torch.float32)
         if torch.isinf(self.floor).any():
             self._raise_floor(values)
-        b, u, p = (values > self.floor.view(1, -1, 1)).nonzero(as_tuple=True)
-        order = torch.argsort(u, stable=True)
-        self._append(u[order], values[b[order], u[order], p[order]])
+        # compare in a unit-major view: nonzero then lists candidates grouped by unit
+        u, b, p = (values.transpose(0, 1) > self.floor.view(-1, 1, 1)).nonzero(as_tuple=True)
+        self._append(u, values[b, u, p])
 
     def merge(self, other: "TopValues") -> None:
         """Fold in another stream's state (e.g. another process's)."""
