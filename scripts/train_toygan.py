@@ -69,6 +69,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--lr-g", type=float, default=None)
     p.add_argument("--lr-d", type=float, default=None)
     p.add_argument("--latent-dim", type=int, default=None)
+    p.add_argument("--g-norm", choices=["pixel", "batch"], default=None)
+    p.add_argument("--d-norm", choices=["spectral", "batch"], default=None)
     args = p.parse_args(argv)
     if args.minutes <= 0 and args.iterations is None:
         p.error("give a positive --minutes or an --iterations count")
@@ -84,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
         k: v
         for k, v in dict(
             batch_size=args.batch_size, num_scenes=args.num_scenes, lr_g=args.lr_g,
-            lr_d=args.lr_d, latent_dim=args.latent_dim,
+            lr_d=args.lr_d, latent_dim=args.latent_dim, g_norm=args.g_norm, d_norm=args.d_norm,
         ).items()
         if v is not None
     }

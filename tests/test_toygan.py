@@ -7,8 +7,12 @@ import math
 import lightning.pytorch as pl
 import pytest
 import torch
+import torch.nn.functional as F
 
-from gan_monitor.toyworld.gan import PixelNorm, ToyDiscriminator, ToyGAN, ToyGenerator, load_toygan
+from gan_monitor.toyworld.gan import (
+    PixelNorm, ToyDiscriminator, ToyGAN, ToyGenerator, load_toygan, upsample2x,
+    upsample_conv2d,
+)
 
 TINY = dict(
     latent_dim=16, image_size=32, g_channels=(32, 16, 8), d_channels=(8, 16, 32),
@@ -64,6 +68,33 @@ def test_pixel_norm_matches_per_pixel_loop():
                 v = x[n, :, i, j]
                 expected[n, :, i, j] = v / math.sqrt(float((v * v).sum()) / 5 + 1e-8)
     torch.testing.assert_close(PixelNorm()(x), expected)
+
+
+def test_upsample2x_is_nearest_neighbour_interpolation():
+    x = torch.randn(2, 3, 4, 5, generator=torch.Generator().manual_seed(4))
+    up = upsample2x(x)
+    assert torch.equal(up, F.interpolate(x, scale_factor=2, mode="nearest"))
+    for i in range(8):
+        for j in range(10):
+            assert torch.equal(up[:, :, i, j], x[:, :, i // 2, j // 2])
+
+
+@pytest.mark.parametrize("out_channels", [3, 16])  # both code paths (pixel shuffle, four 2x2 convs)
+def test_upsample_conv2d_equals_conv_of_upsampled_input(out_channels):
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 6, 5, 7, generator=gen, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(out_channels, 6, 3, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(out_channels, generator=gen, dtype=torch.float64, requires_grad=True)
+    up = F.interpolate(x, scale_factor=2, mode="nearest")
+    expected = F.conv2d(up, w, b, padding=1)
+    got = upsample_conv2d(x, w, b)
+    assert got.shape == (2, out_channels, 10, 14)
+    torch.testing.assert_close(got, expected)
+    weights = torch.randn(expected.shape, generator=gen, dtype=torch.float64)
+    grads_expected = torch.autograd.grad((expected * weights).sum(), (x, w, b))
+    grads_got = torch.autograd.grad((got * weights).sum(), (x, w, b))
+    for g_got, g_exp in zip(grads_got, grads_expected):
+        torch.testing.assert_close(g_got, g_exp)
 
 
 def test_generator_output_per_latent_independent_of_batch_and_mode():

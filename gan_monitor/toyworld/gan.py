@@ -35,6 +35,59 @@ from torch import nn
 __all__ = ["ToyGenerator", "ToyDiscriminator", "ToyGAN", "load_toygan"]
 
 
+def upsample2x(x: torch.Tensor) -> torch.Tensor:
+    """Nearest-neighbour 2x upsampling of ``[N, C, H, W]`` (same values as
+    ``F.interpolate(x, scale_factor=2)``)."""
+    n, c, h, w = x.shape
+    return x[:, :, :, None, :, None].expand(n, c, h, 2, w, 2).reshape(n, c, 2 * h, 2 * w)
+
+
+def _phase_kernels(weight: torch.Tensor) -> list[list[torch.Tensor]]:
+    """Split a 3x3 kernel applied after 2x nearest upsampling into four 2x2 kernels on
+    the low-resolution input, one per output phase (row parity a, column parity b).
+
+    Output row 2i+a of the upsampled convolution reads upsampled rows 2i+a-1..2i+a+1,
+    i.e. input rows (i-1, i, i) for a = 0 and (i, i, i+1) for a = 1; taps that read the
+    same input row add up. Same for columns.
+    """
+    w = weight
+    rows = (
+        torch.stack([w[:, :, 0], w[:, :, 1] + w[:, :, 2]], 2),  # a = 0: input rows i-1, i
+        torch.stack([w[:, :, 0] + w[:, :, 1], w[:, :, 2]], 2),  # a = 1: input rows i, i+1
+    )
+    return [
+        [
+            torch.stack([r[..., 0], r[..., 1] + r[..., 2]], 3),  # b = 0: columns j-1, j
+            torch.stack([r[..., 0] + r[..., 1], r[..., 2]], 3),  # b = 1: columns j, j+1
+        ]
+        for r in rows
+    ]
+
+
+def upsample_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``conv2d(upsample2x(x), weight, bias, padding=1)`` for a 3x3 ``weight``, computed
+    exactly on the low-resolution input (4 taps per output pixel instead of 9, and no
+    upsampled tensor): about twice as fast on CPU, forward and backward.
+    """
+    n, _, h, w = x.shape
+    out = weight.shape[0]
+    kernels = _phase_kernels(weight)
+    if out < 16:  # few output channels: one convolution with 4x the channels, then interleave
+        big = weight.new_zeros(out, 2, 2, weight.shape[1], 3, 3)
+        for a in (0, 1):
+            for b in (0, 1):
+                big[:, a, b, :, a:a + 2, b:b + 2] = kernels[a][b]
+        y = F.conv2d(x, big.reshape(out * 4, -1, 3, 3), None if bias is None else bias.repeat_interleave(4),
+                     padding=1)
+        return F.pixel_shuffle(y, 2)
+    padded = F.pad(x, (1, 1, 1, 1))
+    phases = [
+        torch.stack([F.conv2d(padded[:, :, a:a + h + 1, b:b + w + 1], kernels[a][b], bias) for b in (0, 1)], -1)
+        for a in (0, 1)
+    ]  # each [N, out, H, W, 2]
+    return torch.stack(phases, 3).reshape(n, out, 2 * h, 2 * w)
+
+
 class PixelNorm(nn.Module):
     """Scale each pixel's feature vector to unit root-mean-square (ProGAN)."""
 
@@ -42,14 +95,22 @@ class PixelNorm(nn.Module):
         return x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + 1e-8)
 
 
+def _generator_norm(kind: str, channels: int) -> nn.Module:
+    if kind == "pixel":
+        return PixelNorm()
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    raise ValueError(f"generator norm must be 'pixel' or 'batch', got {kind!r}.")
+
+
 class InputBlock(nn.Module):
     """Latent ``[N, latent_dim]`` -> featuremap ``[N, channels, 4, 4]``."""
 
-    def __init__(self, latent_dim: int, channels: int):
+    def __init__(self, latent_dim: int, channels: int, norm: str = "pixel"):
         super().__init__()
         self.channels = channels
         self.linear = nn.Linear(latent_dim, channels * 16)
-        self.norm = PixelNorm()
+        self.norm = _generator_norm(norm, channels)
         self.act = nn.LeakyReLU(0.2)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -60,15 +121,14 @@ class InputBlock(nn.Module):
 class UpBlock(nn.Module):
     """Double the resolution: nearest upsample, 3x3 conv, pixel norm, leaky ReLU."""
 
-    def __init__(self, in_channels: int, out_channels: int):
+    def __init__(self, in_channels: int, out_channels: int, norm: str = "pixel"):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.norm = PixelNorm()
+        self.norm = _generator_norm(norm, out_channels)
         self.act = nn.LeakyReLU(0.2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(x, scale_factor=2, mode="nearest")
-        return self.act(self.norm(self.conv(x)))
+        return self.act(self.norm(upsample_conv2d(x, self.conv.weight, self.conv.bias)))
 
 
 class ToRGB(nn.Module):
@@ -79,8 +139,7 @@ class ToRGB(nn.Module):
         self.conv = nn.Conv2d(in_channels, 3, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(x, scale_factor=2, mode="nearest")
-        return torch.tanh(self.conv(x))
+        return torch.tanh(upsample_conv2d(x, self.conv.weight, self.conv.bias))
 
 
 def _check_architecture(image_size: int, channels: Sequence[int], what: str) -> None:
@@ -106,7 +165,11 @@ class ToyGenerator(nn.Module):
     """
 
     def __init__(
-        self, latent_dim: int = 128, image_size: int = 64, channels: Sequence[int] = (256, 128, 64, 32)
+        self,
+        latent_dim: int = 128,
+        image_size: int = 64,
+        channels: Sequence[int] = (256, 128, 64, 32),
+        norm: str = "pixel",
     ):
         super().__init__()
         _check_architecture(image_size, channels, "generator channels")
@@ -116,9 +179,9 @@ class ToyGenerator(nn.Module):
         self.image_size = int(image_size)
         channels = [int(c) for c in channels]
         self.layer_names = [f"layer{i + 1}" for i in range(len(channels))]
-        self.add_module("layer1", InputBlock(self.latent_dim, channels[0]))
+        self.add_module("layer1", InputBlock(self.latent_dim, channels[0], norm))
         for i in range(1, len(channels)):
-            self.add_module(f"layer{i + 1}", UpBlock(channels[i - 1], channels[i]))
+            self.add_module(f"layer{i + 1}", UpBlock(channels[i - 1], channels[i], norm))
         self.output = ToRGB(channels[-1])
 
     def featuremap_shapes(self) -> dict[str, tuple[int, int, int]]:
@@ -154,14 +217,21 @@ class ToyDiscriminator(nn.Module):
     spectral norm, leaky ReLU activations.
     """
 
-    def __init__(self, image_size: int = 64, channels: Sequence[int] = (32, 64, 128, 256)):
+    def __init__(
+        self, image_size: int = 64, channels: Sequence[int] = (32, 64, 128, 256), norm: str = "spectral"
+    ):
         super().__init__()
         _check_architecture(image_size, channels, "discriminator channels")
-        sn = nn.utils.parametrizations.spectral_norm
+        if norm not in ("spectral", "batch"):
+            raise ValueError(f"discriminator norm must be 'spectral' or 'batch', got {norm!r}.")
+        sn = nn.utils.parametrizations.spectral_norm if norm == "spectral" else (lambda m: m)
         layers: list[nn.Module] = []
         prev = 3
-        for c in channels:
-            layers += [sn(nn.Conv2d(prev, int(c), 4, stride=2, padding=1)), nn.LeakyReLU(0.2)]
+        for i, c in enumerate(channels):
+            layers.append(sn(nn.Conv2d(prev, int(c), 4, stride=2, padding=1)))
+            if norm == "batch" and i > 0:
+                layers.append(nn.BatchNorm2d(int(c)))
+            layers.append(nn.LeakyReLU(0.2))
             prev = int(c)
         self.features = nn.Sequential(*layers)
         self.classifier = sn(nn.Linear(prev * 16, 1))
@@ -203,6 +273,8 @@ class ToyGAN(pl.LightningModule):
         batch_size: int = 32,
         num_scenes: int = 4096,
         data_seed: int = 0,
+        g_norm: str = "pixel",
+        d_norm: str = "spectral",
     ):
         super().__init__()
         if batch_size < 1 or num_scenes < batch_size:
@@ -212,8 +284,8 @@ class ToyGAN(pl.LightningModule):
             )
         self.save_hyperparameters()
         self.automatic_optimization = False
-        self.generator = ToyGenerator(latent_dim, image_size, g_channels)
-        self.discriminator = ToyDiscriminator(image_size, d_channels)
+        self.generator = ToyGenerator(latent_dim, image_size, g_channels, g_norm)
+        self.discriminator = ToyDiscriminator(image_size, d_channels, d_norm)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.generator(z)
