@@ -2,22 +2,32 @@
 match which concepts of a segmenter, measured by IoU over a held-out sample.
 
 ``dissect`` runs the generator and the segmenter once per batch for all requested
-layers together (one ``Trace``), then:
+layers together (one ``Trace``, one segmentation), then:
 
-* ``threshold="quantile"`` (default): pass 1 keeps each unit's exact top
-  ``ceil(q * pixels)`` upsampled activations (``thresholds.TopValues``) and caches
-  the raw featuremaps and the segmentation (uint8 when there are at most 256
-  concepts); pass 2 replays the cache through ``LayerTally`` with the thresholds.
-  The generator runs once. Memory: the cache, ``n * sum(U*h*w) * 4`` bytes plus
-  ``n * D * H * W`` bytes, and per layer ``U * 2 * (k+1) * 4`` bytes for the exact
-  quantiles (k = ceil(q * n * H * W)).
+* ``threshold="quantile"`` (default): the raw featuremaps and the label maps (uint8
+  when there are at most 256 concepts) are cached, and a seeded subsample of
+  upsampled values is taken directly from the raw maps. Afterwards each layer is
+  upsampled once: ``quantile_tally`` keeps the pixels above a safe per-unit floor,
+  takes the exact threshold (the ``(k+1)``-th largest value, ``k = ceil(q * n*H*W)``)
+  among them and counts the pixels above it against the cached labels. The
+  generator runs once; results are exact and independent of batching.
+  Memory: the cache, ``n * sum_layers(U*h*w) * 4`` bytes (featuremap dtype) plus
+  ``n * D * H * W`` bytes of labels, and per layer in turn about
+  ``1.6 * U * (k+1) * 8`` bytes of kept pixels (the price of exact quantiles;
+  e.g. 128 units, 1000 images of 64x64, q = 0.01: 26 MB).
 * ``threshold="iqr"``: a separate held-out sample (seed + ``IQR_SEED_OFFSET``, or
-  ``iqr_inputs``) picks each unit's level by IQR (``thresholds.score_levels``),
-  cached the same way; the main sample is then tallied in one streaming pass.
+  ``iqr_inputs``) is cached the same way and picks each unit's level and label by
+  IQR (``thresholds.score_levels``); the main sample is then tallied in one
+  streaming pass with ``tallies.LayerTally`` (no cache). Memory: the iqr cache plus
+  ``O(U * C * levels)`` counts.
 
 The generator (and the segmenter, if it is an ``nn.Module``) runs in eval mode
 under ``torch.no_grad()``; every submodule's training flag is restored afterwards
 and the global RNG is never used.
+
+Distributed use: ``LayerTally``/``LevelTally`` are torchmetrics ``Metric`` objects
+whose states all reduce by sum, and ``thresholds.TopValues.merge`` merges exact top
+values, so each process can dissect its shard and reduce.
 """
 from __future__ import annotations
 
@@ -31,14 +41,18 @@ from tqdm.auto import tqdm
 from .inputs import call_generator, iterate_batches, make_inputs, num_samples
 from .results import DissectionResult, LayerDissection
 from .segmenters import validate_segmentation, validate_segmenter
-from .tallies import LayerTally, TopSamples, category_index, encode_segmentation, image_chunks, upsample
-from .thresholds import LevelTally, PixelSubsample, TopValues, level_fractions, quantile_rank, score_levels
+from .quantile_tally import collect, exact_thresholds, guess_floors, interpolate_at
+from .tallies import (LayerTally, TopSamples, category_index, concept_presence, dedupe_labels, encode_segmentation,
+                      image_chunks, upsample)
+from .thresholds import LevelTally, PixelSubsample, level_fractions, quantile_rank, score_levels
 from .tracing import Trace, _as_layer_list, resolve_layer
 
 __all__ = ["dissect", "upsample", "DissectionResult", "LayerDissection", "IQR_SEED_OFFSET"]
 
 #: The iqr-mode held-out sample is drawn with seed + IQR_SEED_OFFSET.
 IQR_SEED_OFFSET = 1_000_003
+#: Pixels per unit sampled (seeded) to place the quantile search; results do not depend on it.
+QUANTILE_SUBSAMPLE = 32768
 
 
 def _module_device(module: Any) -> torch.device:
@@ -86,6 +100,7 @@ class _Sampler:
             acts = {name: trace[name] for name in self.layers}
             b = next(iter(acts.values())).shape[0]
             seg = validate_segmentation(self.segmenter.segment(images), b, self.n_concepts)
+            seg = seg.to(next(iter(acts.values())).device)
             self._check(start, acts, seg)
             bar.update(b)
             yield start, acts, seg
@@ -123,30 +138,64 @@ def _compact_labels(seg: torch.Tensor, n_concepts: int) -> torch.Tensor:
     return seg.to(torch.uint8 if n_concepts <= 256 else torch.int32)
 
 
-def _quantile_pass(sampler, inputs, layers, quantile, topk, settings):
-    """Pass 1 (cache + exact top values) and pass 2 (tally) of quantile mode."""
+def _quantile_pass(sampler, inputs, layers, quantile, topk, seed, settings):
+    """Quantile mode: pass 1 runs the generator, caches featuremaps and labels and
+    samples pixels; then each layer is upsampled once more to find its exact
+    thresholds and count its "on" pixels (``quantile_tally``)."""
     n = num_samples(inputs)
+    categories = list(sampler.segmenter.categories)
+    cat_names, concept_category = category_index(categories)
     cache: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
-    segs: list[torch.Tensor] = []
-    tops: dict[str, TopValues] = {}
+    picked: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
     samples: dict[str, TopSamples] = {}
+    labels, shows = [], []
+    positions = None
     for start, acts, seg in sampler.batches(inputs, "dissect: sample"):
-        height, width = sampler.size
+        size = sampler.size
+        pixels = size[0] * size[1]
+        if positions is None:
+            per_image = max(1, min(pixels, math.ceil(QUANTILE_SUBSAMPLE / n)))
+            gen = torch.Generator().manual_seed(int(seed))
+            positions = torch.randint(pixels, (n, per_image), generator=gen).to(seg.device)
+        b = seg.shape[0]
         for name, a in acts.items():
-            units = a.shape[1]
-            if name not in tops:
-                rank = quantile_rank(quantile, n * height * width) + 1
-                tops[name] = TopValues(units, rank, device=a.device)
-                samples[name] = TopSamples(units, topk, device=a.device)
-            for lo, hi in image_chunks(a.shape[0], units * height * width):
-                tops[name].update(upsample(a[lo:hi].float(), (height, width)).flatten(2))
-            samples[name].update(a, start)
+            picked[name].append(interpolate_at(a, positions[start:start + b], size))
+            samples.setdefault(name, TopSamples(a.shape[1], topk, device=a.device)).update(a, start)
             cache[name].append(a)
-        segs.append(_compact_labels(seg, sampler.n_concepts))
-    settings["quantile_rank"] = quantile_rank(quantile, n * sampler.size[0] * sampler.size[1])
-    thresholds = {name: tops[name].result() for name in layers}
-    del tops
-    tallies = _replay(cache, segs, thresholds, sampler.segmenter.categories, "dissect: tally", sampler.progress)
+        lab = dedupe_labels(seg.flatten(2))
+        labels.append(_compact_labels(lab, sampler.n_concepts))
+        shows.append(concept_presence(lab, len(categories), concept_category, len(cat_names))[1])
+    size = sampler.size
+    pixels = size[0] * size[1]
+    rank = quantile_rank(quantile, n * pixels) + 1
+    settings.update(quantile_rank=rank - 1, quantile_subsample=int(positions.numel()))
+    all_labels, all_shows = torch.cat(labels), torch.cat(shows)
+    thresholds, tallies = {}, {}
+    for name in tqdm(layers, desc="dissect: tally", disable=not sampler.progress, leave=False):
+        units = cache[name][0].shape[1]
+        sample = torch.cat(picked.pop(name)).transpose(0, 1).reshape(units, -1)
+        floors = guess_floors(sample, rank, n * pixels)
+        kept = collect(cache[name], size, floors, capacity=math.ceil(1.6 * rank))
+        t, exact = kept.kth_largest(rank)
+        redo = (~exact).nonzero().flatten()
+        if redo.numel():  # guess too high (ties): exact thresholds for these units, then collect again
+            t[redo] = exact_thresholds(cache[name], size, rank, redo)
+        tally = LayerTally(t, categories).to(t.device)
+        for lab in labels:
+            tally.add_images(lab.view(lab.shape[0], lab.shape[1], *size).long())
+        skip = t.clone()
+        skip[redo] = math.inf
+        batches = [kept.above(skip)]
+        if redo.numel():
+            again = collect(cache[name], size, t[redo], capacity=rank, units=redo)
+            batches.append((redo[u], pos) for u, pos in again.above(t[redo]))
+        for chunks in batches:
+            for unit, pos in chunks:
+                image, pixel = pos // pixels, pos % pixels
+                tally.add_active(unit, all_labels[image, :, pixel].long(), all_shows[image])
+        thresholds[name], tallies[name] = t, tally
+        del kept
+        cache[name] = []
     return thresholds, tallies, samples
 
 
@@ -175,8 +224,8 @@ def _iqr_levels(sampler, inputs, layers, seed, n_levels, max_fraction, subsample
         for name, a in acts.items():
             if name not in subs:
                 subs[name] = PixelSubsample(n, height * width, per_image, seed, device=a.device)
-            for lo, hi in image_chunks(a.shape[0], a.shape[1] * height * width):
-                subs[name].update(upsample(a[lo:hi].float(), (height, width)).flatten(2), start + lo)
+            positions = subs[name].positions[start:start + a.shape[0]]
+            subs[name].update(interpolate_at(a, positions, (height, width)), start)
             cache[name].append(a)
         segs.append(_compact_labels(seg, sampler.n_concepts))
     settings["iqr_subsample"] = int(subs[layers[0]].positions.numel())
@@ -258,7 +307,7 @@ def dissect(generator: nn.Module, layers: str | Iterable[str], segmenter, *, inp
     labels: dict[str, torch.Tensor] = {}
     with _EvalMode(generator, segmenter), torch.no_grad():
         if threshold == "quantile":
-            thresholds, tallies, samples = _quantile_pass(sampler, inputs, layers, quantile, topk, settings)
+            thresholds, tallies, samples = _quantile_pass(sampler, inputs, layers, quantile, topk, seed, settings)
         else:
             if iqr_inputs is None:
                 iqr_inputs = make_inputs(generator, iqr_n or n, seed + IQR_SEED_OFFSET, input_fn)

@@ -22,7 +22,7 @@ import torch
 from torchmetrics import Metric
 
 __all__ = ["upsample", "interpolation_matrix", "EncodedSegmentation", "encode_segmentation",
-           "category_index", "LayerTally", "TopSamples", "image_chunks"]
+           "category_index", "concept_presence", "dedupe_labels", "LayerTally", "TopSamples", "image_chunks"]
 
 # Largest number of upsampled activations materialised at once (64 MiB of float32).
 CHUNK_ELEMENTS = 1 << 24
@@ -114,6 +114,29 @@ class EncodedSegmentation:
                                    self.category_present[start:stop], self.size)
 
 
+def dedupe_labels(labels: torch.Tensor) -> torch.Tensor:
+    """``[B, D, P]`` label maps with a concept repeated at a pixel in a later map set to 0."""
+    if labels.shape[1] > 1:
+        labels = labels.clone()
+        for j in range(1, labels.shape[1]):
+            repeat = (labels[:, :j] == labels[:, j:j + 1]).any(1)
+            labels[:, j][repeat] = 0
+    return labels
+
+
+def concept_presence(labels: torch.Tensor, n_concepts: int, concept_category: torch.Tensor,
+                     n_categories: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which concepts (bool ``[B, C]``, column 0 False) and categories (``[B, K]``) each image shows."""
+    b = labels.shape[0]
+    present = torch.zeros(b, n_concepts, dtype=torch.bool, device=labels.device)
+    present.scatter_(1, labels.reshape(b, -1).long(), True)
+    present[:, 0] = False
+    cat = concept_category.to(labels.device)
+    cat_onehot = torch.zeros(n_concepts, n_categories, device=labels.device)
+    cat_onehot[torch.arange(1, n_concepts, device=labels.device), cat[1:]] = 1.0
+    return present, (present.float() @ cat_onehot) > 0
+
+
 def encode_segmentation(seg: torch.Tensor, n_concepts: int, concept_category: torch.Tensor,
                         n_categories: int) -> EncodedSegmentation:
     """Encode ``seg`` (long ``[B, H, W]`` or ``[B, D, H, W]``) for ``LayerTally``/``LevelTally``."""
@@ -122,15 +145,8 @@ def encode_segmentation(seg: torch.Tensor, n_concepts: int, concept_category: to
     if seg.dim() != 4:
         raise ValueError(f"segmentation must be [B,H,W] or [B,D,H,W], got shape {tuple(seg.shape)}.")
     b, d, height, width = seg.shape
-    labels = seg.reshape(b, d, height * width).long()
-    if d > 1:  # drop repeats of a concept at the same pixel in later maps
-        labels = labels.clone()
-        for j in range(1, d):
-            repeat = (labels[:, :j] == labels[:, j:j + 1]).any(1)
-            labels[:, j][repeat] = 0
-    present = torch.zeros(b, n_concepts, dtype=torch.bool, device=seg.device)
-    present.scatter_(1, labels.reshape(b, -1), True)
-    present[:, 0] = False
+    labels = dedupe_labels(seg.reshape(b, d, height * width).long())
+    present, category_present = concept_presence(labels, n_concepts, concept_category, n_categories)
     n_local = max(1, int(present.sum(1).max())) if b else 1
     local = torch.where(present, present.long().cumsum(1) - 1, n_local)
     concept_ids = torch.full((b, n_local + 1), n_concepts, dtype=torch.long, device=seg.device)
@@ -139,10 +155,6 @@ def encode_segmentation(seg: torch.Tensor, n_concepts: int, concept_category: to
     local_pixels = local.gather(1, labels.reshape(b, -1)).view(b, d, -1)
     onehot = torch.zeros(b, height * width, n_local + 1, device=seg.device)
     onehot.scatter_(2, local_pixels.transpose(1, 2), 1.0)
-    cat = concept_category.to(seg.device)
-    cat_onehot = torch.zeros(n_concepts, n_categories, device=seg.device)
-    cat_onehot[torch.arange(1, n_concepts, device=seg.device), cat[1:]] = 1.0
-    category_present = (present.float() @ cat_onehot) > 0
     return EncodedSegmentation(labels, onehot, concept_ids, present, category_present, (height, width))
 
 
@@ -208,13 +220,41 @@ class LayerTally(Metric):
             acc = torch.zeros(self.n_units, self.n_concepts + 1, dtype=torch.long, device=acts.device)
             acc.index_add_(1, part.concept_ids.flatten(), inter.permute(1, 0, 2).reshape(self.n_units, -1))
             self.intersection += acc[:, :-1]
-        counts = torch.zeros(self.n_concepts + 1, dtype=torch.long, device=acts.device)
-        counts.index_add_(0, seg.concept_ids.flatten(), seg.onehot.sum(1).round().long().flatten())
-        self.label_pixels += counts[:-1]
-        self.images_with_concept += seg.present.sum(0)
-        self.pixels_in_category += seg.category_present.sum(0) * hw
-        self.pixels += len(seg) * hw
-        self.images += len(seg)
+        self.add_images(seg)
+
+    def add_images(self, seg) -> None:
+        """Count what does not depend on the units: label pixels, category pixels, images.
+
+        ``seg``: an ``EncodedSegmentation`` or label maps long ``[B, (D,) H, W]``."""
+        if isinstance(seg, EncodedSegmentation):
+            labels, present, category_present, (height, width) = seg.labels, seg.present, seg.category_present, seg.size
+        else:
+            seg = seg if seg.dim() == 4 else seg[:, None]
+            height, width = seg.shape[-2:]
+            labels = dedupe_labels(seg.flatten(2).long())
+            present, category_present = concept_presence(labels, self.n_concepts, self.concept_category,
+                                                         self.n_categories)
+        self.label_pixels += torch.bincount(labels.flatten(), minlength=self.n_concepts)[: self.n_concepts]
+        self.label_pixels[0] = 0
+        self.images_with_concept += present.sum(0)
+        self.pixels_in_category += category_present.sum(0) * (height * width)
+        self.pixels += labels.shape[0] * height * width
+        self.images += labels.shape[0]
+
+    def add_active(self, units: torch.Tensor, labels: torch.Tensor, category_present: torch.Tensor) -> None:
+        """Count a list of "on" pixels (sparse path; call ``add_images`` for their images).
+
+        units: long [M], the unit that is on; labels: long [M, D], the pixel's concepts
+        (repeats already set to 0, see ``dedupe_labels``); category_present: bool [M, K]
+        of the pixel's image.
+        """
+        self.active += torch.bincount(units, minlength=self.n_units)
+        self.active_in_category.index_add_(0, units, category_present.long())
+        for d in range(labels.shape[1]):
+            index = units * self.n_concepts + labels[:, d]
+            self.intersection += torch.bincount(index, minlength=self.n_units * self.n_concepts).view(
+                self.n_units, self.n_concepts)
+        self.intersection[:, 0] = 0
 
     def union(self, variant: str = "plain") -> torch.Tensor:
         """``[U, C]`` union counts; ``category`` counts a unit's pixels only in images

@@ -1,13 +1,14 @@
 """Per-unit activation thresholds (METHOD.md 1.2).
 
-``quantile`` mode: ``TopValues`` finds, exactly, each unit's ``(k+1)``-th largest
-upsampled activation over all pixels of all images, ``k = ceil(q * pixels)``, so
-that exactly the top ``k`` pixels (fewer with ties) lie strictly above the
-threshold. It streams: it keeps only the values above a per-unit floor that is
-known to be at or below the answer, pruning with ``kthvalue`` when the buffer
-fills. Memory: ``U * max(2(k+1), k+1 + chunk)`` float32, e.g. 256 units, 1000
-images of 64x64, q = 0.01: k = 40,960, about 84 MB at most. The result is the same
-for any batching and merges exactly across processes (``merge``).
+``quantile`` mode: the threshold of unit u is its ``(k+1)``-th largest upsampled
+activation over all pixels of all images, ``k = ceil(q * pixels)`` (``quantile_rank``),
+so that exactly the top ``k`` pixels (fewer with ties) lie strictly above it.
+``dissect`` finds it with ``quantile_tally``; ``TopValues`` is the general streaming
+exact version (used there for units with heavy ties, and mergeable across
+processes): it keeps only the values above a per-unit floor known to be at or
+below the answer, pruning with ``kthvalue`` when its buffer fills. Memory:
+``U * max(2(k+1), k+1 + batch values)`` float32. The result is the same for any
+batching.
 
 ``iqr`` mode (paper Eq. 2): candidate levels are each unit's values at top
 fractions log-spaced from ``1e-3`` to ``max_fraction`` (default 0.2: levels stay in
@@ -160,11 +161,10 @@ class PixelSubsample:
         self.parts: list[torch.Tensor] = []
         self.starts: list[int] = []
 
-    def update(self, upsampled: torch.Tensor, start: int) -> None:
-        """``upsampled`` ``[B, U, HW]`` of images ``start ..``."""
-        pos = self.positions[start:start + upsampled.shape[0]].to(upsampled.device)
-        picked = upsampled.gather(2, pos[:, None, :].expand(-1, upsampled.shape[1], -1))
-        self.parts.append(picked.transpose(0, 1).reshape(upsampled.shape[1], -1))
+    def update(self, picked: torch.Tensor, start: int) -> None:
+        """``picked`` ``[B, U, per_image]``: the values at ``positions[start:start+B]``
+        (e.g. from ``quantile_tally.interpolate_at``)."""
+        self.parts.append(picked.transpose(0, 1).reshape(picked.shape[1], -1))
         self.starts.append(start)
 
     def levels(self, fractions: torch.Tensor) -> torch.Tensor:

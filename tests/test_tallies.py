@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from gan_monitor.tallies import LayerTally, TopSamples, encode_segmentation, category_index, upsample
+from gan_monitor.quantile_tally import collect, interpolate_at
 from gan_monitor.thresholds import LevelTally, TopValues, quantile_rank, score_levels
 
 torch.set_num_threads(1)
@@ -211,3 +212,29 @@ def test_iqr_guard_zeroes_negative_association():
     iqr = score_levels(tally, "plain")["iqr"]
     assert iqr[0, 1, 0] == pytest.approx(1.0)
     assert iqr[0, 2, 0] == 0.0
+
+
+@pytest.mark.parametrize("shape,size", [((5, 7), (13, 10)), ((8, 8), (32, 32))])
+def test_interpolate_at_positions_matches_upsample(shape, size):
+    x = torch.randn(3, 4, *shape, generator=torch.Generator().manual_seed(6))
+    positions = torch.randint(size[0] * size[1], (3, 50), generator=torch.Generator().manual_seed(7))
+    dense = upsample(x, size).flatten(2)
+    expected = dense.gather(2, positions[:, None, :].expand(-1, 4, -1))
+    assert torch.allclose(interpolate_at(x, positions, size), expected, atol=1e-5)
+
+
+def test_collect_keeps_exactly_the_pixels_above_the_floor():
+    x = torch.randn(6, 3, 4, 4, generator=torch.Generator().manual_seed(8))
+    floors = torch.tensor([0.5, 1.0, 9.0])
+    kept = collect([x[:2], x[2:]], (8, 8), floors, capacity=4)  # too small: must grow
+    dense = upsample(x, (8, 8)).flatten(2)  # [N, U, P]
+    for u in range(3):
+        image, pixel = (dense[:, u] > floors[u]).nonzero(as_tuple=True)
+        expect = sorted((image * 64 + pixel).tolist())
+        got = sorted(kept.positions[u, : kept.count[u]].long().tolist())
+        assert got == expect
+    rank = 5
+    t, exact = kept.kth_largest(rank)
+    for u in range(2):
+        assert exact[u] and t[u] == dense[:, u].flatten().sort(descending=True).values[rank - 1]
+    assert not exact[2]
