@@ -69,6 +69,20 @@ def guess_floors(samples: torch.Tensor, rank: int, pixels: int) -> torch.Tensor:
     return samples.topk(index + 1, dim=1).values[:, index]
 
 
+def _above_floor(up: torch.Tensor, floors: torch.Tensor, block: int = 64):
+    """(units, images, pixels, values) of entries of ``up`` ``[U, b, P]`` above their unit's
+    floor, grouped by unit. Scans block maxima first: most blocks lie below the floor."""
+    n_units, b, p = up.shape
+    if p % block:
+        units, images, pixels = (up > floors.view(-1, 1, 1)).nonzero(as_tuple=True)
+        return units, images, pixels, up[units, images, pixels]
+    blocks = up.view(n_units, b, p // block, block)
+    bu, bb, bk = (blocks.amax(3) > floors.view(-1, 1, 1)).nonzero(as_tuple=True)  # grouped by unit
+    candidates = blocks[bu, bb, bk]  # [M, block]
+    row, offset = (candidates > floors[bu][:, None]).nonzero(as_tuple=True)
+    return bu[row], bb[row], bk[row] * block + offset, candidates[row, offset]
+
+
 class ActivePixels:
     """Values and positions of every upsampled pixel above a per-unit floor."""
 
@@ -83,7 +97,7 @@ class ActivePixels:
         """``up`` ``[U, b, P]`` (unit-major) upsampled activations of images whose first
         pixel has flat position ``first_position`` (= image index * P)."""
         n_units, b, p = up.shape
-        units, images, pixels = (up > self.floors.view(-1, 1, 1)).nonzero(as_tuple=True)  # grouped by unit
+        units, images, pixels, values = _above_floor(up, self.floors)
         new = torch.bincount(units, minlength=n_units)
         need = int((self.count + new).max()) if units.numel() else 0
         if need > self.values.shape[1]:
@@ -96,7 +110,7 @@ class ActivePixels:
         if units.numel():
             first = torch.cumsum(new, 0) - new
             slot = self.count[units] + torch.arange(units.numel(), device=up.device) - first[units]
-            self.values[units, slot] = up[units, images, pixels]
+            self.values[units, slot] = values
             self.positions[units, slot] = (first_position + images * p + pixels).to(self.positions.dtype)
             self.count += new
 
