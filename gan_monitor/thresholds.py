@@ -171,9 +171,9 @@ class PixelSubsample:
         """``[U, L]`` ascending levels: the value with a fraction f of the subsample above it."""
         order = sorted(range(len(self.parts)), key=self.starts.__getitem__)
         values = torch.cat([self.parts[i] for i in order], 1)
-        ranked = values.sort(dim=1, descending=True).values
-        size = ranked.shape[1]
+        size = values.shape[1]
         index = torch.clamp(torch.ceil(fractions * size - 1e-9).long(), 0, size - 1)
+        ranked = values.topk(int(index.max()) + 1, dim=1, sorted=True).values  # only the top part is needed
         return ranked[:, index.to(ranked.device)].contiguous()
 
 
@@ -181,7 +181,8 @@ class LevelTally(Metric):
     """Per (unit, concept, level bucket) counts for scoring all candidate levels at once.
 
     ``levels`` ``[U, L]`` ascending per unit. A pixel's bucket is the number of levels
-    strictly below its activation, so ``activation > level_j`` iff bucket > j.
+    strictly below its activation, so ``activation > level_j`` iff bucket > j; bucket 0
+    (at or below every level) is never needed and not counted.
     States (int64, summed): ``intersection [U, C, L+1]``, ``active [U, L+1]``,
     ``active_in_category [U, K, L+1]``, ``label_pixels [C]``, ``pixels_in_category [K]``,
     ``pixels``. Memory ``O(U*C*L)``, independent of the number of samples.
@@ -208,20 +209,29 @@ class LevelTally(Metric):
         height, width = seg.size
         hw = height * width
         u, nb, c = self.n_units, self.n_levels + 1, self.n_concepts
-        unit_base = (torch.arange(u, device=acts.device) * nb).view(1, u, 1)
-        for start, stop in image_chunks(len(seg), u * hw * 4):
+        lowest = self.levels[:, 0].to(acts.device)
+        for start, stop in image_chunks(len(seg), u * hw * 2):
             part = seg.slice(start, stop)
             b = stop - start
-            up = upsample(acts[start:stop].float(), (height, width)).flatten(2)
-            bucket = torch.searchsorted(self.levels.expand(b, u, -1).contiguous(), up.contiguous())
-            cell = unit_base + bucket  # [b, U, HW]: unit * (L+1) + bucket
-            per_image = torch.bincount((cell + (torch.arange(b, device=acts.device) * u * nb).view(b, 1, 1)).flatten(),
-                                       minlength=b * u * nb).view(b, u, nb)
+            up = upsample(acts[start:stop].float().transpose(0, 1).contiguous(), (height, width)).flatten(2)
+            # Only pixels above the lowest level count at any level (bucket 0 is never used),
+            # so bucketize just those (about max_fraction of them), one unit at a time.
+            units, images, pixels = (up > lowest.view(-1, 1, 1)).nonzero(as_tuple=True)  # grouped by unit
+            values = up[units, images, pixels]
+            per_unit = torch.bincount(units, minlength=u).tolist()
+            bucket = torch.empty_like(units)
+            first = 0
+            for unit, count in enumerate(per_unit):
+                if count:
+                    bucket[first:first + count] = torch.bucketize(values[first:first + count], self.levels[unit])
+                    first += count
+            cell = units * nb + bucket  # unit * (L+1) + bucket
+            per_image = torch.bincount(images * (u * nb) + cell, minlength=b * u * nb).view(b, u, nb)
             self.active += per_image.sum(0)
             self.active_in_category += (per_image.unsqueeze(2) * part.category_present.view(b, 1, -1, 1)).sum(0)
             for d in range(part.labels.shape[1]):
-                index = cell * c + part.labels[:, d].unsqueeze(1)  # (unit*(L+1) + bucket) * C + concept
-                counts = torch.bincount(index.flatten(), minlength=u * nb * c).view(u, nb, c)
+                index = cell * c + part.labels[images, d, pixels]
+                counts = torch.bincount(index, minlength=u * nb * c).view(u, nb, c)
                 self.intersection += counts.transpose(1, 2)
         labels = seg.labels.flatten()
         self.label_pixels += torch.bincount(labels, minlength=c)[:c]
