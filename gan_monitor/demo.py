@@ -23,9 +23,9 @@ __all__ = ["DEFAULTS", "add_arguments", "run", "run_demo", "plan_schedule", "mak
            "seconds_per_batch", "format_table"]
 
 # Chosen so that dissections cost <= ~5% of the training time on 2 CPU cores while
-# giving ~8 points on the curves in 10 minutes (see bench/monitor_overhead.py).
+# giving 7 points on the curves in 10 minutes (see bench/monitor_overhead.py).
 DEFAULTS: dict[str, Any] = dict(
-    minutes=10.0, out="runs/demo", layers=("layer2", "layer3"), n=200, points=8,
+    minutes=10.0, out="runs/demo", layers=("layer2", "layer3"), n=100, points=6,
     threshold="quantile", quantile=0.01, iou="plain", cutoff=0.05, seed=0, threads=2,
 )
 

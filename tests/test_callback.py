@@ -153,7 +153,16 @@ def test_tensorboard_events_have_every_tag(tmp_path):
         # the logged numbers are the history's, which are dissect()'s summaries
         last = ea.Scalars(f"gan_monitor/{layer}/interpretable_units")[-1].value
         assert last == mon.history[-1]["layers"][layer]["interpretable_units"]
-    assert "custom_scalars__config__" in tags["tensors"]
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    layout = layout_pb2.Layout()
+    layout.ParseFromString(ea.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0])
+    charts = {chart.title: list(chart.multiline.tag) for cat in layout.category for chart in cat.chart}
+    assert charts["interpretable units"] == ["gan_monitor/layer1/interpretable_units",
+                                             "gan_monitor/layer2/interpretable_units"]
+    assert charts["layer2: interpretable units per category"] == [
+        "gan_monitor/layer2/interpretable_color", "gan_monitor/layer2/interpretable_material"]
+    assert all(tag in tags["scalars"] for tags_ in charts.values() for tag in tags_)
     # Lightning's own metric shares the x-axis: batches 0..5 logged at steps 0..5
     assert [e.step for e in ea.Scalars("g_loss")] == list(range(6))
 
