@@ -71,3 +71,22 @@ def test_miniature_demo_writes_logs_checkpoints_and_table(tmp_path, capsys):
     first, last = summary["history"][0]["layers"], summary["history"][-1]["layers"]
     assert table_rows[0][2] == str(first["layer2"]["interpretable_units"])
     assert table_rows[0][4] == str(last["layer2"]["interpretable_units"])
+
+
+@pytest.mark.parametrize("script, layers", [
+    ("train_with_monitor.py", ["2", "3"]),
+    ("foreign_generator.py", ["synthesis.b16", "synthesis.b32"]),
+])
+def test_examples_run(script, layers, tmp_path, monkeypatch, capsys):
+    import runpy
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / script
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", [str(path), "--steps", "2", "--n", "8"])
+    runpy.run_path(str(path), run_name="__main__")
+    lines = [line for line in capsys.readouterr().out.splitlines() if line[:1].isdigit()]
+    assert [line.split()[0] for line in lines] == ["0", "1", "2"]  # dissected at steps 0, 1, 2
+    assert all(f"'{layer}':" in lines[-1] for layer in layers)
+    assert list(tmp_path.rglob("events.out.tfevents*")), "no TensorBoard log written"
