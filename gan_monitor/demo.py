@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import time
 from pathlib import Path
@@ -92,12 +93,18 @@ def seconds_per_batch(hparams: dict, batches: int = 6) -> float:
         def on_train_batch_end(self, *a):
             times.append(time.perf_counter() - self.t0)
 
+    import logging
+
     import torch
 
+    quiet = logging.getLogger("lightning.pytorch")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
     with torch.random.fork_rng(devices=[]):
         pl.Trainer(max_steps=2 * batches, logger=False, enable_checkpointing=False,
                    enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
                    callbacks=[Clock()]).fit(ToyGAN(**hp))
+    quiet.setLevel(level)
     return sorted(times[1:])[len(times[1:]) // 2]
 
 
@@ -197,12 +204,17 @@ def run_demo(
     if monitor.failures:
         echo(f"warning: {monitor.failures} dissection(s) failed; see the warning above.")
     echo(f"TensorBoard:  tensorboard --logdir {out}")
-    return {
+    summary = {
         "log_dir": logger.log_dir, "history": copy.deepcopy(monitor.history), "batches": batches,
         "fit_seconds": fit_seconds, "dissect_seconds": dissect_seconds,
         "every_n_steps": every_n_steps, "checkpoint_dir": os.path.join(logger.log_dir, "checkpoints"),
         "total_seconds": time.perf_counter() - start,
+        "settings": {"layers": list(layers), "n": n, "seed": seed, "threshold": threshold,
+                     "quantile": quantile, "iou": DEFAULTS["iou"], "cutoff": cutoff, "threads": threads},
     }
+    with open(os.path.join(logger.log_dir, "demo_summary.json"), "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=1)
+    return summary
 
 
 def format_table(history: Sequence[dict], monitor) -> str:

@@ -2,6 +2,8 @@
 the toy world (tiny GAN, few batches) end to end."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from gan_monitor.cli import main
@@ -64,6 +66,10 @@ def test_miniature_demo_writes_logs_checkpoints_and_table(tmp_path, capsys):
     assert f"tensorboard --logdir {tmp_path / 'demo'}" in out
     assert [h["step"] for h in summary["history"]] == [0, 2, 4]
     assert summary["batches"] == 4
+    import json
+
+    saved = json.loads((Path(summary["log_dir"]) / "demo_summary.json").read_text())
+    assert saved["history"] == summary["history"] and saved["settings"]["n"] == 16
     assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "demo").rglob("*"))
     assert list((tmp_path / "demo").rglob("*.ckpt")), "no checkpoint written"
     table_rows = [line.split() for line in out.splitlines() if line.startswith(("layer2 ", "layer3 "))]
