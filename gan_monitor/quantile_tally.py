@@ -69,18 +69,18 @@ def guess_floors(samples: torch.Tensor, rank: int, pixels: int) -> torch.Tensor:
     return samples.topk(index + 1, dim=1).values[:, index]
 
 
-def _above_floor(up: torch.Tensor, floors: torch.Tensor, block: int = 64):
-    """(units, images, pixels, values) of entries of ``up`` ``[U, b, P]`` above their unit's
-    floor, grouped by unit. Scans block maxima first: most blocks lie below the floor."""
-    n_units, b, p = up.shape
+def _above_floor(maps: torch.Tensor, floors: torch.Tensor, block: int = 64):
+    """(rows, pixels, values) of entries of ``maps`` ``[M, P]`` above their row's floor
+    ``floors`` ``[M]``, by row. Scans block maxima first: most blocks lie below the floor."""
+    m, p = maps.shape
     if p % block:
-        units, images, pixels = (up > floors.view(-1, 1, 1)).nonzero(as_tuple=True)
-        return units, images, pixels, up[units, images, pixels]
-    blocks = up.view(n_units, b, p // block, block)
-    bu, bb, bk = (blocks.amax(3) > floors.view(-1, 1, 1)).nonzero(as_tuple=True)  # grouped by unit
-    candidates = blocks[bu, bb, bk]  # [M, block]
-    row, offset = (candidates > floors[bu][:, None]).nonzero(as_tuple=True)
-    return bu[row], bb[row], bk[row] * block + offset, candidates[row, offset]
+        rows, pixels = (maps > floors[:, None]).nonzero(as_tuple=True)
+        return rows, pixels, maps[rows, pixels]
+    blocks = maps.view(m, p // block, block)
+    br, bk = (blocks.amax(2) > floors[:, None]).nonzero(as_tuple=True)
+    candidates = blocks[br, bk]  # [K, block]
+    row, offset = (candidates > floors[br][:, None]).nonzero(as_tuple=True)
+    return br[row], bk[row] * block + offset, candidates[row, offset]
 
 
 class ActivePixels:
@@ -93,25 +93,26 @@ class ActivePixels:
         self.positions = torch.zeros((n_units, max(1, capacity)), dtype=position_dtype, device=floors.device)
         self.count = torch.zeros(n_units, dtype=torch.long, device=floors.device)
 
-    def update(self, up: torch.Tensor, first_position: int) -> None:
-        """``up`` ``[U, b, P]`` (unit-major) upsampled activations of images whose first
-        pixel has flat position ``first_position`` (= image index * P)."""
-        n_units, b, p = up.shape
-        units, images, pixels, values = _above_floor(up, self.floors)
-        new = torch.bincount(units, minlength=n_units)
-        need = int((self.count + new).max()) if units.numel() else 0
+    def update(self, maps: torch.Tensor, units: torch.Tensor, images: torch.Tensor) -> None:
+        """Keep the pixels above the floor of upsampled maps ``[M, P]``; row r is unit
+        ``units[r]`` (non-decreasing) on image ``images[r]`` (global index)."""
+        n_units, p = self.count.numel(), maps.shape[1]
+        rows, pixels, values = _above_floor(maps, self.floors[units])
+        unit = units[rows]
+        new = torch.bincount(unit, minlength=n_units)
+        need = int((self.count + new).max()) if unit.numel() else 0
         if need > self.values.shape[1]:
             width = max(need, 2 * self.values.shape[1])
-            grown_v = torch.full((n_units, width), -math.inf, device=up.device)
-            grown_p = torch.zeros((n_units, width), dtype=self.positions.dtype, device=up.device)
+            grown_v = torch.full((n_units, width), -math.inf, device=maps.device)
+            grown_p = torch.zeros((n_units, width), dtype=self.positions.dtype, device=maps.device)
             grown_v[:, : self.values.shape[1]] = self.values
             grown_p[:, : self.positions.shape[1]] = self.positions
             self.values, self.positions = grown_v, grown_p
-        if units.numel():
+        if unit.numel():
             first = torch.cumsum(new, 0) - new
-            slot = self.count[units] + torch.arange(units.numel(), device=up.device) - first[units]
-            self.values[units, slot] = values
-            self.positions[units, slot] = (first_position + images * p + pixels).to(self.positions.dtype)
+            slot = self.count[unit] + torch.arange(unit.numel(), device=maps.device) - first[unit]
+            self.values[unit, slot] = values
+            self.positions[unit, slot] = (images[rows] * p + pixels).to(self.positions.dtype)
             self.count += new
 
     def kth_largest(self, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,11 +152,20 @@ def collect(cache: list[torch.Tensor], size: tuple[int, int], floors: torch.Tens
     total = sum(raw.shape[0] for raw in cache) * pixels
     dtype = torch.int32 if total < 2 ** 31 else torch.int64
     active = ActivePixels(floors, capacity, dtype)
+    floors = active.floors
     start = 0
     for raw in cache:
         part = raw if units is None else raw[:, units]
         for lo, hi in image_chunks(part.shape[0], part.shape[1] * pixels):
-            unit_major = part[lo:hi].float().transpose(0, 1).contiguous()  # [U, b, h, w]
-            active.update(upsample(unit_major, size).flatten(2), (start + lo) * pixels)
+            maps = part[lo:hi].float().transpose(0, 1)  # [U, b, h, w]
+            # An upsampled value never exceeds its map's maximum (convex weights; the
+            # margin covers rounding), so maps peaking below the floor are skipped.
+            peak = maps.amax((2, 3))
+            margin = 1e-5 * torch.maximum(peak.abs(), maps.amin((2, 3)).abs())
+            needed = peak + margin > floors[:, None]
+            unit, image = needed.nonzero(as_tuple=True)  # grouped by unit
+            if unit.numel():
+                up = upsample(maps[unit, image][:, None], size).flatten(1)  # [M, P]
+                active.update(up, unit, image + start + lo)
         start += raw.shape[0]
     return active
