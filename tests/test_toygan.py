@@ -97,13 +97,16 @@ def test_upsample_conv2d_equals_conv_of_upsampled_input(out_channels):
         torch.testing.assert_close(g_got, g_exp)
 
 
-def test_generator_output_per_latent_independent_of_batch_and_mode():
-    # No batch statistics: an image depends only on its own latent, in train and eval mode.
-    g = ToyGenerator(latent_dim=16, image_size=32, channels=(32, 16, 8))
+def test_generator_output_per_latent_independent_of_batch():
+    # Pixel norm: no batch statistics at all, same image in train and eval mode.
+    g = ToyGenerator(latent_dim=16, image_size=32, channels=(32, 16, 8), norm="pixel")
     z = torch.randn(5, 16, generator=torch.Generator().manual_seed(2))
     batch = g.train()(z)
     torch.testing.assert_close(g(z[2:3]), batch[2:3])
     torch.testing.assert_close(g.eval()(z), batch)
+    # Batch norm (default): in eval mode (as dissection runs it) an image depends only on its latent.
+    g = ToyGenerator(latent_dim=16, image_size=32, channels=(32, 16, 8)).eval()
+    torch.testing.assert_close(g(z[2:3]), g(z)[2:3])
 
 
 def test_bad_arguments_give_clear_errors():

@@ -169,7 +169,7 @@ class ToyGenerator(nn.Module):
         latent_dim: int = 128,
         image_size: int = 64,
         channels: Sequence[int] = (256, 128, 64, 32),
-        norm: str = "pixel",
+        norm: str = "batch",
     ):
         super().__init__()
         _check_architecture(image_size, channels, "generator channels")
@@ -218,7 +218,7 @@ class ToyDiscriminator(nn.Module):
     """
 
     def __init__(
-        self, image_size: int = 64, channels: Sequence[int] = (32, 64, 128, 256), norm: str = "spectral"
+        self, image_size: int = 64, channels: Sequence[int] = (32, 64, 128, 256), norm: str = "batch"
     ):
         super().__init__()
         _check_architecture(image_size, channels, "discriminator channels")
@@ -270,11 +270,11 @@ class ToyGAN(pl.LightningModule):
         lr_g: float = 2e-4,
         lr_d: float = 2e-4,
         betas: Sequence[float] = (0.5, 0.99),
-        batch_size: int = 32,
+        batch_size: int = 16,
         num_scenes: int = 4096,
         data_seed: int = 0,
-        g_norm: str = "pixel",
-        d_norm: str = "spectral",
+        g_norm: str = "batch",
+        d_norm: str = "batch",
     ):
         super().__init__()
         if batch_size < 1 or num_scenes < batch_size:
