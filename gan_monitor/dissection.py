@@ -13,8 +13,8 @@ layers together (one ``Trace``, one segmentation), then:
   generator runs once; results are exact and independent of batching.
   Memory: the cache, ``n * sum_layers(U*h*w) * 4`` bytes (featuremap dtype) plus
   ``n * D * H * W`` bytes of labels, and per layer in turn about
-  ``1.6 * U * (k+1) * 8`` bytes of kept pixels (the price of exact quantiles;
-  e.g. 128 units, 1000 images of 64x64, q = 0.01: 26 MB).
+  ``1.8 * U * (k+1) * 8`` bytes of kept pixels (the price of exact quantiles;
+  e.g. 128 units, 1000 images of 64x64, q = 0.01: 75 MB).
 * ``threshold="iqr"``: a separate held-out sample (seed + ``IQR_SEED_OFFSET``, or
   ``iqr_inputs``) is cached the same way and picks each unit's level and label by
   IQR (``thresholds.score_levels``); the main sample is then tallied in one
@@ -52,7 +52,7 @@ __all__ = ["dissect", "upsample", "DissectionResult", "LayerDissection", "IQR_SE
 #: The iqr-mode held-out sample is drawn with seed + IQR_SEED_OFFSET.
 IQR_SEED_OFFSET = 1_000_003
 #: Pixels per unit sampled (seeded) to place the quantile search; results do not depend on it.
-QUANTILE_SUBSAMPLE = 32768
+QUANTILE_SUBSAMPLE = 16384
 
 
 def _module_device(module: Any) -> torch.device:
@@ -174,8 +174,8 @@ def _quantile_pass(sampler, inputs, layers, quantile, topk, seed, settings):
     for name in tqdm(layers, desc="dissect: tally", disable=not sampler.progress, leave=False):
         units = cache[name][0].shape[1]
         sample = torch.cat(picked.pop(name)).transpose(0, 1).reshape(units, -1)
-        floors = guess_floors(sample, rank, n * pixels)
-        kept = collect(cache[name], size, floors, capacity=math.ceil(1.6 * rank))
+        floors, expected = guess_floors(sample, rank, n * pixels)
+        kept = collect(cache[name], size, floors, capacity=math.ceil(1.1 * expected) + 64)
         t, exact = kept.kth_largest(rank)
         redo = (~exact).nonzero().flatten()
         if redo.numel():  # guess too high (ties): exact thresholds for these units, then collect again

@@ -8,15 +8,16 @@ it is found exactly, and the IoU counted, from the cached raw featuremaps:
    the raw featuremaps, no full upsampling) pick per unit a level ``L_u`` a safe
    margin below the expected ``t_u``.
 2. ``ActivePixels``: one pass over the cache upsamples each batch once and keeps
-   the value and position of every pixel above ``L_u`` (about 1.5 k per unit).
+   the value and position of every pixel above ``L_u`` (about 1.6 k per unit); maps
+   whose raw maximum is below ``L_u`` are not upsampled at all.
 3. If at least ``k+1`` values lie above ``L_u``, ``t_u`` is the ``(k+1)``-th largest of
    them (exact), and the pixels above ``t_u`` are exactly the unit's "on" pixels;
    they are counted against the cached labels (``LayerTally.add_active``). Units
    whose guess was too high (rare: heavy ties, e.g. ReLU zeros) are redone exactly
    with ``TopValues`` and a second collection, for those units only.
 
-Memory: the kept pixels, about ``1.5 * U * (k+1) * 8`` bytes per layer (float32 value
-+ int32 position), on top of the featuremap cache.
+Memory: the kept pixels, about ``1.8 * U * (k+1) * 8`` bytes per layer (float32 value
++ int32 position; buffers sized from the subsample), on top of the featuremap cache.
 """
 from __future__ import annotations
 
@@ -60,13 +61,14 @@ def interpolate_at(raw: torch.Tensor, positions: torch.Tensor, size: tuple[int, 
     return top * (1 - wy) + bottom * wy
 
 
-def guess_floors(samples: torch.Tensor, rank: int, pixels: int) -> torch.Tensor:
+def guess_floors(samples: torch.Tensor, rank: int, pixels: int) -> tuple[torch.Tensor, int]:
     """Per-unit level below which the ``rank``-th largest of ``pixels`` values very likely
-    does not lie, from ``samples`` ``[U, s]`` drawn uniformly from those values."""
+    does not lie, from ``samples`` ``[U, s]`` drawn uniformly from those values; and the
+    number of values expected above it (to size the buffers)."""
     s = samples.shape[1]
     expected = rank / pixels * s
     index = min(s - 1, math.ceil(1.2 * expected + 4 * math.sqrt(expected) + 16))
-    return samples.topk(index + 1, dim=1).values[:, index]
+    return samples.topk(index + 1, dim=1).values[:, index], math.ceil(pixels * (index + 1) / s)
 
 
 def _above_floor(maps: torch.Tensor, floors: torch.Tensor, block: int = 64):
