@@ -9,8 +9,9 @@ One iteration = one discriminator update + one generator update on one batch
 (Lightning's ``global_step`` counts optimizer steps, i.e. two per iteration).
 Writes under ``--out`` (default ``runs/toygan``): ``toygan.ckpt`` (load it with
 ``gan_monitor.toyworld.load_toygan``), ``samples.png`` (a grid for a fixed set of
-latents), ``samples_iter{N}.png`` every ``--grid-every`` iterations, ``metrics.csv``
-(losses) and ``timing.json`` (iterations, seconds, iterations per second).
+latents), ``samples_iter{N}.png`` every ``--grid-every`` iterations, ``progress.png``
+(the first 8 samples at each of those points, one row each), ``metrics.csv`` (losses)
+and ``timing.json`` (iterations, seconds, iterations per second).
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -42,17 +43,36 @@ def image_grid(images: torch.Tensor, columns: int = 8) -> Image.Image:
 
 
 @torch.no_grad()
-def save_samples(generator, path: Path, n: int = 64, seed: int = 12345, scale: int = 2) -> None:
-    """A grid of the generator's images for ``n`` fixed latents (seeded, global RNG untouched)."""
+def save_samples(generator, path: Path, n: int = 64, seed: int = 12345, scale: int = 2) -> torch.Tensor:
+    """Save a grid of the generator's images for ``n`` fixed latents (seeded, global RNG
+    untouched) and return the images."""
     was_training = generator.training
     generator.eval()
     z = generator.sample_latents(n, seed, device=next(generator.parameters()).device)
-    grid = image_grid(generator(z).cpu())
+    images = generator(z).cpu()
+    grid = image_grid(images)
     generator.train(was_training)
     if scale > 1:
         grid = grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST)
     path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(path)
+    return images
+
+
+def save_progress_strips(strips: list, path: Path, scale: int = 2) -> None:
+    """One row of images per ``(iteration, images [8,3,H,W])``, labelled with the iteration."""
+    rows = [image_grid(images) for _, images in strips]
+    label_w = 48
+    canvas = Image.new("RGB", (label_w + rows[0].width, sum(r.height for r in rows)), "white")
+    draw = ImageDraw.Draw(canvas)
+    y = 0
+    for (iteration, _), row in zip(strips, rows):
+        canvas.paste(row, (label_w, y))
+        draw.text((4, y + row.height // 2 - 6), f"it {iteration}", fill="black")
+        y += row.height
+    canvas = canvas.resize((canvas.width * scale, canvas.height * scale), Image.NEAREST)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -63,7 +83,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--out", type=Path, default=Path("runs/toygan"))
     p.add_argument("--grid-every", type=int, default=250, help="iterations between sample grids")
+    p.add_argument("--ckpt-every", type=int, default=0, help="also save toygan_iter{N}.ckpt every N iterations")
     p.add_argument("--docs-grid", type=Path, default=None, help="also write the final grid here")
+    p.add_argument("--docs-progress", type=Path, default=None, help="also write the progress strip here")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--num-scenes", type=int, default=None)
     p.add_argument("--lr-g", type=float, default=None)
@@ -98,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
         """Times the iterations and writes a sample grid every ``grid_every`` of them."""
 
         def __init__(self):
-            self.iterations, self.start, self.history = 0, None, []
+            self.iterations, self.start, self.history, self.strips = 0, None, [], []
 
         def on_train_start(self, trainer, module):
             self.start = time.perf_counter()
@@ -111,7 +133,10 @@ def main(argv: list[str] | None = None) -> dict:
                 self.history.append({"iteration": self.iterations, "seconds": round(seconds, 1), **metrics})
                 print(f"iteration {self.iterations}  {seconds:7.1f} s  "
                       f"{self.iterations / seconds:.2f} it/s  {metrics}", flush=True)
-                save_samples(module.generator, out / f"samples_iter{self.iterations}.png")
+                images = save_samples(module.generator, out / f"samples_iter{self.iterations}.png")
+                self.strips.append((self.iterations, images[:8]))
+            if args.ckpt_every and self.iterations % args.ckpt_every == 0:
+                trainer.save_checkpoint(out / f"toygan_iter{self.iterations}.ckpt")
 
     progress = Progress()
     setup_start = time.perf_counter()
@@ -130,9 +155,15 @@ def main(argv: list[str] | None = None) -> dict:
     trainer.fit(model)
     seconds = time.perf_counter() - (progress.start or setup_start)
     trainer.save_checkpoint(out / "toygan.ckpt")
-    save_samples(model.generator, out / "samples.png")
+    final = save_samples(model.generator, out / "samples.png")
     if args.docs_grid is not None:
         save_samples(model.generator, args.docs_grid)
+    if progress.strips:
+        strips = progress.strips
+        if strips[-1][0] != progress.iterations:
+            strips = strips + [(progress.iterations, final[:8])]
+        for path in [out / "progress.png"] + ([args.docs_progress] if args.docs_progress else []):
+            save_progress_strips(strips, path)
     timing = {
         "iterations": progress.iterations,
         "train_seconds": round(seconds, 1),
