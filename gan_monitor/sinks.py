@@ -154,10 +154,10 @@ class DissectionWriter:
         writer.add_image(_tag(layer, "units_per_concept"), visualize.to_chw(chart), step,
                          dataformats="CHW")
         if unit_examples is not None:
-            labels = ld.labels
+            labels, cutoff = ld.labels, ld.settings.get("cutoff")
             rows = [
                 visualize.unit_row(images, masks,
-                                   visualize.unit_caption(u, labels[u], float(ld.unit_iou[u])))
+                                   visualize.unit_caption(u, labels[u], float(ld.unit_iou[u]), cutoff))
                 for u, images, masks in unit_examples
             ]
             grid = visualize.top_units_grid(rows, title=f"{layer} @ step {step}: top units")

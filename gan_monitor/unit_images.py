@@ -57,7 +57,8 @@ def top_unit_examples(
     device: torch.device | str | None = None,
 ) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
     """``[(unit, images [k, 3, H, W], masks [k, H, W]), ...]`` for the given units
-    (or, given an int, the best that many *interpretable* units by IoU).
+    (or, given an int, the best that many units by IoU: interpretable ones first,
+    then the closest to the cutoff).
 
     ``images`` are the generator's outputs for the unit's ``k`` top-activating
     held-out samples (ranked by the unit's max activation, as recorded by the
@@ -71,7 +72,7 @@ def top_unit_examples(
 
     ld = layer_dissection
     if isinstance(units, int):
-        units = ld.ranked_units(only_interpretable=True)[: max(0, units)]
+        units = ld.ranked_units(only_interpretable=False)[: max(0, units)]
     units = [int(u) for u in units]
     if not units:
         return []

@@ -57,9 +57,13 @@ def _text_width(draw: ImageDraw.ImageDraw, text: str, font) -> int:
     return int(right - left)
 
 
-def unit_caption(unit: int, concept: str, iou: float) -> str:
-    """``"unit 12 tree IoU 0.31"``."""
-    return f"unit {int(unit)} {concept} IoU {float(iou):.2f}"
+def unit_caption(unit: int, concept: str, iou: float, cutoff: float | None = None) -> str:
+    """``"unit 12 tree IoU 0.31"``; ``"unit 3 sky IoU 0.02 (below cutoff 0.05)"`` when
+    ``iou < cutoff``."""
+    text = f"unit {int(unit)} {concept} IoU {float(iou):.2f}"
+    if cutoff is not None and float(iou) < float(cutoff):
+        text += f" (below cutoff {float(cutoff):g})"
+    return text
 
 
 def images_to_uint8(images: torch.Tensor) -> np.ndarray:

@@ -3,6 +3,7 @@ independent brute-force versions."""
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from gan_monitor.results import LayerDissection
 from gan_monitor.visualize import (
@@ -77,6 +78,8 @@ def test_unit_row_draws_outline_and_dims_outside():
 
 def test_unit_caption():
     assert unit_caption(12, "tree", 0.3141) == "unit 12 tree IoU 0.31"
+    assert unit_caption(12, "tree", 0.3141, cutoff=0.05) == "unit 12 tree IoU 0.31"
+    assert unit_caption(3, "sky", 0.021, cutoff=0.05) == "unit 3 sky IoU 0.02 (below cutoff 0.05)"
 
 
 def test_top_units_grid_stacks_rows():
@@ -140,3 +143,39 @@ def test_interpretable_units_table_rows_in_iou_order():
     assert interpretable_units_table(ld, max_rows=1).count("\n| 2 |") == 1
     assert "2 more" in interpretable_units_table(ld, max_rows=1)
     assert "No interpretable units" in interpretable_units_table(make_layer([0.0, 0.01], [1, 2]))
+
+
+def test_top_unit_examples_match_a_direct_forward_pass():
+    from torch import nn
+
+    from gan_monitor.unit_images import select_inputs, top_unit_examples
+
+    torch.manual_seed(0)
+    gen = nn.Sequential(nn.Linear(6, 4 * 4 * 4), nn.Unflatten(1, (4, 4, 4)),
+                        nn.Sequential(nn.Conv2d(4, 5, 3, padding=1), nn.BatchNorm2d(5), nn.Dropout(0.5)),
+                        nn.Upsample(scale_factor=4), nn.Conv2d(5, 3, 1), nn.Tanh())
+    gen.train()
+    inputs = torch.randn(10, 6, generator=torch.Generator().manual_seed(1))
+    u = 5
+    ld = make_layer([0.02, 0.3, 0.01, 0.2, 0.04], [1, 2, 1, 3, 2])
+    ld.layer = "2"
+    ld.thresholds = torch.tensor([0.0, 0.1, -0.2, 0.3, 0.05])
+    ld.topk = torch.tensor([[9, 2, 4], [3, 3, 0], [1, 5, 7], [8, 6, 2], [0, 1, 2]])[:u]
+    examples = top_unit_examples(gen, inputs, ld, 3, 2)
+    assert [e[0] for e in examples] == [1, 3, 4]  # best IoU first, also below the cutoff
+    assert gen.training and gen[2][1].training  # modes restored
+    gen.eval()
+    with torch.no_grad():
+        feats = gen[:3](inputs)
+        images = gen(inputs)
+    for unit, imgs, masks in examples:
+        idx = ld.topk[unit, :2]
+        torch.testing.assert_close(imgs, images[idx])
+        up = F.interpolate(feats[idx, unit:unit + 1], size=(16, 16), mode="bilinear", align_corners=False)[:, 0]
+        expected = up > ld.thresholds[unit]
+        assert masks.dtype == torch.bool and masks.shape == (2, 16, 16)
+        assert (masks == expected).float().mean() > 0.99  # equal up to float ties at the threshold
+    assert top_unit_examples(gen, inputs, ld, [], 2) == []
+    d = {"z": inputs, "flag": "x"}
+    assert torch.equal(select_inputs(d, torch.tensor([3, 1]))["z"], inputs[[3, 1]])
+    assert select_inputs(d, torch.tensor([0]))["flag"] == "x"
