@@ -278,7 +278,19 @@ def dissect(generator: nn.Module, layers: str | Iterable[str], segmenter, *, inp
             iqr_subsample: pixels per unit the levels are read from (seeded).
         progress: show tqdm progress bars.
 
-    Returns a ``DissectionResult`` with one ``LayerDissection`` per layer.
+    Returns a ``DissectionResult`` with one ``LayerDissection`` per layer. A unit's
+    label is its best-IoU concept (quantile mode) or best-IQR concept (iqr mode; a
+    unit positively associated with no concept falls back to the level nearest the
+    ``quantile`` top fraction and its best-IoU concept); ``unit_iou`` is the IoU of
+    that label on the main sample and ``interpretable`` is ``unit_iou >= cutoff``.
+    ``settings`` records threshold, quantile, iou, cutoff, n, seed, whether inputs
+    were drawn or given, topk, the segmentation size and, per mode, ``quantile_rank``
+    (pixels above each threshold) and ``quantile_subsample`` (seeded pixels per unit
+    used only to place the exact search) or ``iqr_n``, ``iqr_seed``, ``iqr_levels``,
+    ``iqr_fraction_range``, ``iqr_min_lift``, ``iqr_subsample``. Iqr mode adds
+    ``extras["iqr"]`` (best IQR) and ``extras["level_fraction"]`` per unit.
+    The generator and segmenter must already live on ``device``; memory bounds are
+    in the module docstring.
     """
     if threshold not in ("quantile", "iqr"):
         raise ValueError(f"threshold must be 'quantile' or 'iqr', got {threshold!r}.")
