@@ -11,6 +11,7 @@ Images are returned as ``PIL.Image`` (RGB); :func:`to_chw` turns one into the
 """
 from __future__ import annotations
 
+import math
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -58,12 +59,12 @@ def _text_width(draw: ImageDraw.ImageDraw, text: str, font) -> int:
 
 
 def unit_caption(unit: int, concept: str, iou: float, cutoff: float | None = None) -> str:
-    """``"unit 12 tree IoU 0.31"``; ``"unit 3 sky IoU 0.02 (below cutoff 0.05)"`` when
+    """``"unit 12 tree IoU 0.31"``; ``"unit 3 sky IoU 0.021 (below cutoff 0.05)"`` when
     ``iou < cutoff``."""
-    text = f"unit {int(unit)} {concept} IoU {float(iou):.2f}"
     if cutoff is not None and float(iou) < float(cutoff):
-        text += f" (below cutoff {float(cutoff):g})"
-    return text
+        shown = math.floor(float(iou) * 1000) / 1000  # never rounds up to the cutoff
+        return f"unit {int(unit)} {concept} IoU {shown:.3f} (below cutoff {float(cutoff):g})"
+    return f"unit {int(unit)} {concept} IoU {float(iou):.2f}"
 
 
 def images_to_uint8(images: torch.Tensor) -> np.ndarray:

@@ -79,7 +79,7 @@ def test_unit_row_draws_outline_and_dims_outside():
 def test_unit_caption():
     assert unit_caption(12, "tree", 0.3141) == "unit 12 tree IoU 0.31"
     assert unit_caption(12, "tree", 0.3141, cutoff=0.05) == "unit 12 tree IoU 0.31"
-    assert unit_caption(3, "sky", 0.021, cutoff=0.05) == "unit 3 sky IoU 0.02 (below cutoff 0.05)"
+    assert unit_caption(3, "sky", 0.0498, cutoff=0.05) == "unit 3 sky IoU 0.049 (below cutoff 0.05)"
 
 
 def test_top_units_grid_stacks_rows():
