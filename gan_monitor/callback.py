@@ -11,13 +11,14 @@ Two classes share one implementation: :class:`DissectionMonitor` for
 """
 from __future__ import annotations
 
-import hashlib
 import time
 import warnings
 from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
+
+from .held_out import HeldOutSample
 
 __all__ = ["DissectionMonitor", "DissectionMonitorPL"]
 
@@ -65,6 +66,7 @@ class _MonitorLogic:
         top_images: int = 5,
         log_images: bool = True,
         strict: bool = False,
+        dissect_options: dict[str, Any] | None = None,
     ):
         from .segmenters import validate_segmenter
         from .sinks import DissectionWriter
@@ -110,9 +112,7 @@ class _MonitorLogic:
         # A step schedule replaces the epoch schedule (see the class docstring).
         self.every_n_epochs = every_n_epochs if every_n_steps is None else None
         self.dissect_on_train_start = bool(on_train_start)
-        self.n = _positive_int("n", n)
-        self.seed = int(seed)
-        self.input_fn = input_fn
+        self.sample = HeldOutSample(_positive_int("n", n), seed, input_fn)
         self.threshold = threshold
         self.quantile = float(quantile)
         self.iou = iou
@@ -122,26 +122,35 @@ class _MonitorLogic:
         self.top_images = _positive_int("top_images", top_images)
         self.log_images = bool(log_images)
         self.strict = bool(strict)
+        self.dissect_options = _check_dissect_options(dissect_options)
         self._writer = DissectionWriter(log_images=log_images, top_units=top_units)
         # state kept in checkpoints
         self.batches_seen = 0  # training batches completed (not optimizer steps)
         self.last_step: int | None = None  # logger step of the last dissection
         self.history: list[dict[str, Any]] = []
         self.failures = 0
-        self._inputs_checksum: str | None = None
         # runtime only
         self.last_result = None
-        self._inputs = None
-        self._inputs_device: torch.device | None = None
         self._warned_failure = False
+
+    @property
+    def n(self) -> int:
+        """Size of the held-out sample."""
+        return self.sample.n
+
+    @property
+    def seed(self) -> int:
+        """Seed of the held-out sample."""
+        return self.sample.seed
 
     # ---- identity and checkpoint state -----------------------------------------
     @property
     def state_key(self) -> str:
-        config = dict(layers=self.layers, generator=_describe(self.generator), n=self.n,
-                      seed=self.seed, threshold=self.threshold, quantile=self.quantile,
+        config = dict(layers=self.layers, generator=_describe(self.generator), n=self.sample.n,
+                      seed=self.sample.seed, threshold=self.threshold, quantile=self.quantile,
                       iou=self.iou, cutoff=self.cutoff,
-                      every_n_steps=self.every_n_steps, every_n_epochs=self.every_n_epochs)
+                      every_n_steps=self.every_n_steps, every_n_epochs=self.every_n_epochs,
+                      **({"options": sorted(self.dissect_options.items())} if self.dissect_options else {}))
         return f"DissectionMonitor{config!r}"
 
     def state_dict(self) -> dict[str, Any]:
@@ -152,7 +161,7 @@ class _MonitorLogic:
             "history": [dict(h) for h in self.history],
             "failures": self.failures,
             # what rebuilds the held-out inputs, and a checksum to verify them
-            "inputs": {"n": self.n, "seed": self.seed, "checksum": self._inputs_checksum},
+            "inputs": self.sample.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -160,11 +169,7 @@ class _MonitorLogic:
         self.last_step = state.get("last_step")
         self.history = [dict(h) for h in state.get("history", [])]
         self.failures = int(state.get("failures", 0))
-        inputs = state.get("inputs", {})
-        self.n = int(inputs.get("n", self.n))
-        self.seed = int(inputs.get("seed", self.seed))
-        self._inputs_checksum = inputs.get("checksum")
-        self._inputs = None  # rebuilt from (n, seed) at the next dissection
+        self.sample.load_state_dict(state.get("inputs", {}))
 
     # ---- Lightning hooks ------------------------------------------------------------
     def setup(self, trainer, pl_module, stage: str | None = None) -> None:
@@ -243,25 +248,6 @@ class _MonitorLogic:
             step = self.last_step + 1  # never log one step twice
         return step
 
-    def held_out_inputs(self, generator: nn.Module, device: torch.device):
-        """The held-out inputs, drawn once from a private seeded ``torch.Generator``."""
-        from .inputs import make_inputs
-
-        if self._inputs is None or self._inputs_device != device:
-            self._inputs = make_inputs(generator, self.n, self.seed, input_fn=self.input_fn,
-                                       device=device)
-            self._inputs_device = device
-            checksum = _checksum(self._inputs)
-            if self._inputs_checksum is not None and checksum != self._inputs_checksum:
-                warnings.warn(
-                    "gan_monitor: the held-out inputs rebuilt from the checkpoint's seed differ from "
-                    "the ones the checkpointed run used (another device or input_fn?); dissections "
-                    "before and after this point are not on the same samples.",
-                    stacklevel=2,
-                )
-            self._inputs_checksum = checksum
-        return self._inputs
-
     def _dissect(self, trainer, pl_module, step: int) -> None:
         started = time.perf_counter()
         try:
@@ -296,11 +282,11 @@ class _MonitorLogic:
         from .unit_images import top_unit_examples
 
         generator = self.resolve_generator(pl_module)
-        inputs = self.held_out_inputs(generator, device)
+        inputs = self.sample.inputs(generator, device)
         result = dissect(
-            generator, self.layers, self.segmenter, inputs=inputs, n=self.n, seed=self.seed,
-            input_fn=self.input_fn, threshold=self.threshold, quantile=self.quantile, iou=self.iou, cutoff=self.cutoff,
-            batch_size=self.batch_size, device=device, topk=self.top_images,
+            generator, self.layers, self.segmenter, inputs=inputs, n=self.sample.n, seed=self.sample.seed,
+            input_fn=self.sample.input_fn, threshold=self.threshold, quantile=self.quantile, iou=self.iou, cutoff=self.cutoff,
+            batch_size=self.batch_size, device=device, topk=self.top_images, **self.dissect_options,
         )
         examples = None
         if self.log_images and self._writer.rich_loggers(trainer.loggers):
@@ -312,32 +298,32 @@ class _MonitorLogic:
         return result, examples
 
 
+_MANAGED = {"generator", "layers", "segmenter", "inputs", "n", "seed", "input_fn", "threshold", "quantile",
+            "iou", "cutoff", "batch_size", "device", "topk", "progress"}
+
+
+def _check_dissect_options(options) -> dict[str, Any]:
+    import inspect
+
+    from .dissection import dissect
+
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise TypeError(f"dissect_options must be a dict of dissect() arguments, got {type(options).__name__}.")
+    allowed = set(inspect.signature(dissect).parameters) - _MANAGED
+    bad = sorted(set(options) - allowed)
+    if bad:
+        raise ValueError(
+            f"dissect_options {bad} are not extra arguments of gan_monitor.dissect; allowed: "
+            f"{', '.join(sorted(allowed))} (the others are DissectionMonitor arguments)."
+        )
+    return dict(options)
+
+
 def _scalars(summary: dict[str, Any]) -> dict[str, Any]:
     return {k: summary[k] for k in ("units", "interpretable_units", "concept_diversity", "mean_iou",
                                     "per_category")}
-
-
-def _checksum(inputs) -> str:
-    """Hash of the held-out inputs' values (tensors found in nested containers)."""
-    h = hashlib.sha256()
-
-    def visit(x):
-        if isinstance(x, torch.Tensor):
-            h.update(x.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()
-                     if x.numel() else b"")
-            h.update(str((tuple(x.shape), x.dtype)).encode())
-        elif isinstance(x, dict):
-            for k in sorted(x, key=str):
-                h.update(str(k).encode())
-                visit(x[k])
-        elif isinstance(x, (list, tuple)):
-            for v in x:
-                visit(v)
-        else:
-            h.update(repr(x).encode())
-
-    visit(inputs)
-    return h.hexdigest()[:16]
 
 
 _DOC = """Dissect generator layers during training and log what emerges.
@@ -360,6 +346,8 @@ _DOC = """Dissect generator layers during training and log what emerges.
             layer with their ``top_images`` top-activating held-out images.
         log_images: send histograms, images and tables to TensorBoard loggers.
         strict: raise when a dissection fails (default: warn once, keep training).
+        dissect_options: further keyword arguments of ``gan_monitor.dissect``
+            (e.g. ``{"iqr_n": 50}``), checked against its signature.
 
     Logs at Lightning's logging step (the x-axis of ``self.log``):
     ``gan_monitor/<layer>/{interpretable_units, concept_diversity, mean_iou,

@@ -286,6 +286,8 @@ def test_unknown_layer_fails_before_training_and_lists_layers():
     (dict(n=0), "n must"),
     (dict(generator=3), "generator"),
     (dict(segmenter=object()), "not a segmenter"),
+    (dict(dissect_options={"quantile": 0.1}), "not extra arguments"),
+    (dict(dissect_options=[1]), "dissect_options"),
 ])
 def test_bad_arguments_are_rejected_in_init(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
@@ -298,6 +300,7 @@ def test_fast_dev_run_and_state_keys():
     assert mon.history == [] and mon.batches_seen >= 1  # batches ran, nothing dissected
     a, b = monitor(), monitor(layers=["layer2"])
     assert a.state_key != b.state_key and a.state_key == monitor().state_key
+    assert monitor(dissect_options={"iqr_n": 8}).state_key != a.state_key
     t = trainer(callbacks=[a, b], max_epochs=1)
     t.fit(TinyGAN())
     assert len(a.history) == len(b.history) == 2 and list(b.last_result.layers) == ["layer2"]
@@ -354,3 +357,21 @@ def test_pytorch_lightning_flavour():
                 enable_checkpointing=False, enable_progress_bar=False,
                 enable_model_summary=False).fit(model)
     assert [h["step"] for h in mon.history] == [0, 3]
+
+
+def test_held_out_sample_rebuilds_from_state_and_detects_changes():
+    from gan_monitor.held_out import HeldOutSample
+
+    g = TinyGenerator()
+    first = HeldOutSample(5, 3)
+    rng = torch.get_rng_state()
+    a = first.inputs(g, "cpu")
+    assert torch.equal(rng, torch.get_rng_state()), "the global RNG was used"
+    assert a.shape == (5, LATENT) and first.inputs(g, "cpu") is a  # drawn once
+    resumed = HeldOutSample(7, 9)  # constructor values are overridden by the checkpoint
+    resumed.load_state_dict(first.state_dict())
+    assert torch.equal(resumed.inputs(g, "cpu"), a) and resumed.checksum == first.checksum
+    changed = HeldOutSample(5, 3, input_fn=lambda n, gen: torch.zeros(n, LATENT))
+    changed.load_state_dict(first.state_dict())
+    with pytest.warns(UserWarning, match="differ"):
+        changed.inputs(g, "cpu")

@@ -33,6 +33,7 @@ def test_no_command_prints_help_and_fails(capsys):
 @pytest.mark.parametrize("argv, message", [
     (["demo", "--minutes", "0"], "--minutes must be positive"),
     (["demo", "--n", "0"], "--n must be a positive integer"),
+    (["demo", "--iqr-n", "-1"], "--iqr-n must be a positive integer"),
     (["demo", "--layers", "layer9"], "no layer(s) ['layer9']"),
 ])
 def test_bad_demo_arguments_exit_2_with_a_reason(argv, message, capsys):
@@ -55,6 +56,8 @@ def test_format_table_first_and_last():
     assert "threshold mode: quantile (unit on in its top 1% of pixels)" in text
     assert "first dissection at step 0, last at step 100 (3 dissections)" in text
     assert "No dissection completed" in format_table([], Settings())
+    Settings.threshold, Settings.dissect_options = "iqr", {"iqr_n": 25}
+    assert "iqr (each unit's level" in format_table([], Settings()) and "separate sample of 25" in format_table([], Settings())
 
 
 def test_miniature_demo_writes_logs_checkpoints_and_table(tmp_path, capsys):
