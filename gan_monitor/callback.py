@@ -284,9 +284,10 @@ class _MonitorLogic:
         generator = self.resolve_generator(pl_module)
         inputs = self.sample.inputs(generator, device)
         result = dissect(
-            generator, self.layers, self.segmenter, inputs=inputs, n=self.sample.n, seed=self.sample.seed,
-            input_fn=self.sample.input_fn, threshold=self.threshold, quantile=self.quantile, iou=self.iou, cutoff=self.cutoff,
-            batch_size=self.batch_size, device=device, topk=self.top_images, **self.dissect_options,
+            generator, self.layers, self.segmenter, inputs=inputs, n=self.sample.n,
+            seed=self.sample.seed, input_fn=self.sample.input_fn, threshold=self.threshold,
+            quantile=self.quantile, iou=self.iou, cutoff=self.cutoff, batch_size=self.batch_size,
+            device=device, topk=self.top_images, **self.dissect_options,
         )
         examples = None
         if self.log_images and self._writer.rich_loggers(trainer.loggers):
