@@ -11,6 +11,8 @@ _LAZY = {
     "Edit": "gan_monitor.tracing",
     "Segmenter": "gan_monitor.segmenters",
     "DissectionMonitor": "gan_monitor.callback",
+    "per_unit_fid": "gan_monitor.fid",
+    "artifact_ablation": "gan_monitor.fid",
 }
 
 

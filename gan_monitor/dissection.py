@@ -254,7 +254,8 @@ def dissect(generator: nn.Module, layers: str | Iterable[str], segmenter, *, inp
             quantile: float = 0.01, iou: str = "plain", cutoff: float = 0.05, batch_size: int = 32,
             device: torch.device | str | None = None, topk: int = 8, iqr_inputs: Any = None,
             iqr_n: int | None = None, iqr_levels: int = 100, iqr_max_fraction: float = 0.2,
-            iqr_min_lift: float = 2.0, iqr_subsample: int = 65536, progress: bool = False) -> DissectionResult:
+            iqr_min_lift: float = 2.0, iqr_subsample: int = 65536, progress: bool = False,
+            unit_fid: dict[str, Any] | None = None, max_unit_fid: float | None = None) -> DissectionResult:
     """Dissect ``layers`` of ``generator`` with ``segmenter`` (paper Eq. 2, METHOD.md 1).
 
     Args:
@@ -277,6 +278,12 @@ def dissect(generator: nn.Module, layers: str | Iterable[str], segmenter, *, inp
             iqr_min_lift: IQR counts only where P(S|A) >= lift * P(S).
             iqr_subsample: pixels per unit the levels are read from (seeded).
         progress: show tqdm progress bars.
+        unit_fid, max_unit_fid: the unrealistic-unit filter (paper S-6.3): ``unit_fid``
+            maps each layer to its per-unit FIDs (``gan_monitor.fid.UnitFID`` or a ``[U]``
+            sequence); units with FID > ``max_unit_fid`` are left out of labelling
+            (never interpretable, whatever their IoU), since segmenters misfire on
+            unrealistic images. Adds ``extras["unit_fid"]``, ``extras["unrealistic"]``
+            and ``settings["max_unit_fid"]``.
 
     Returns a ``DissectionResult`` with one ``LayerDissection`` per layer. A unit's
     label is its best-IoU concept (quantile mode) or best-IQR concept (iqr mode; a
@@ -305,6 +312,11 @@ def dissect(generator: nn.Module, layers: str | Iterable[str], segmenter, *, inp
     layers = _as_layer_list(layers)
     for name in layers:
         resolve_layer(generator, name)
+    if (unit_fid is None) != (max_unit_fid is None):
+        raise ValueError("the unrealistic-unit filter needs both unit_fid={layer: per-unit FIDs} and max_unit_fid.")
+    missing = [name for name in layers if unit_fid is not None and name not in unit_fid]
+    if missing:
+        raise ValueError(f"unit_fid has no per-unit FIDs for layer(s) {missing}; give them for every dissected layer.")
     validate_segmenter(segmenter)
     concepts, categories = list(segmenter.concepts), list(segmenter.categories)
     device = torch.device(device) if device is not None else _module_device(generator)
@@ -354,10 +366,20 @@ def dissect(generator: nn.Module, layers: str | Iterable[str], segmenter, *, inp
         unit_iou = iou_matrix.gather(1, label.view(-1, 1)).flatten()
         shape = list(tallies[name].thresholds.shape)
         layer_settings = dict(settings, featuremap_units=shape[0])
+        interpretable = unit_iou >= cutoff
+        if unit_fid is not None:
+            from .fid import unrealistic_units
+
+            unrealistic = unrealistic_units(unit_fid[name], max_unit_fid, shape[0], name)
+            interpretable = interpretable & ~unrealistic
+            layer_settings["max_unit_fid"] = float(max_unit_fid)
+            fids = getattr(unit_fid[name], "fid", unit_fid[name])
+            extras[name].update(unit_fid=torch.as_tensor(fids, dtype=torch.float64).flatten().tolist(),
+                                unrealistic=unrealistic.tolist())
         result[name] = LayerDissection(
             layer=name, concepts=concepts, categories=categories,
             thresholds=thresholds[name].float().cpu(), iou=iou_matrix, label_index=label.long(),
-            unit_iou=unit_iou, interpretable=unit_iou >= cutoff,
+            unit_iou=unit_iou, interpretable=interpretable,
             topk=samples[name].indices.cpu(), topk_values=samples[name].values.cpu(),
             settings=layer_settings, extras=extras[name])
     return DissectionResult(layers=result, settings=settings)
