@@ -6,9 +6,9 @@ run), prints the `tensorboard --logdir` command to follow along, and at the end 
 table per layer of interpretable units, concept diversity and mean IoU at the
 first and the last dissection.
 
-The dissection schedule adapts to the machine: a few pilot batches measure the
-training speed, and the monitor dissects every N batches so that about --points
-dissections fit into the time budget.
+The dissection schedule adapts to the machine: the speed of the run's first
+batches sets N, and the monitor dissects every N batches so that about --points
+dissections (after the one at step 0) fit into the time budget.
 """
 from __future__ import annotations
 
@@ -37,8 +37,8 @@ DEFAULTS: dict[str, Any] = dict(
 # Kept from the time budget for what the trainer's clock does not count: rendering the
 # training scenes, the last checkpoint and the final table.
 _RESERVE_SECONDS = 20.0
-# Pilot batches run without logging, on a machine whose load changes: plan for slower.
-_PILOT_MARGIN = 1.2
+# The schedule is planned from the speed of batches _WARMUP.._WARMUP+_MEASURE of the run.
+_WARMUP, _MEASURE = 5, 25
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -90,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def seconds_per_batch(hparams: dict, batches: int = 6) -> float:
-    """Median time of a training batch of a throwaway ToyGAN with the given settings."""
+    """Median time of a training batch of a throwaway ToyGAN with the given settings
+    (a pilot for bench/monitor_overhead.py)."""
     import lightning.pytorch as pl
 
     from .toyworld.gan import ToyGAN
@@ -121,10 +122,11 @@ def seconds_per_batch(hparams: dict, batches: int = 6) -> float:
 
 
 def plan_schedule(seconds: float, per_batch: float, points: int,
-                  max_batches: int | None = None) -> tuple[int, int]:
+                  max_batches: int | None = None, margin: float = 1.2) -> tuple[int, int]:
     """``(expected batches, every_n_steps)``: how many batches fit into ``seconds``
-    (keeping 5% for the dissections) and the interval giving ``points`` dissections."""
-    expected = max(1, int(0.95 * seconds / (per_batch * _PILOT_MARGIN)))
+    (keeping 5% for the dissections, and ``margin`` for a machine whose load changes)
+    and the interval giving ``points`` dissections."""
+    expected = max(1, int(0.95 * seconds / (per_batch * margin)))
     if max_batches is not None:
         expected = min(expected, int(max_batches))
     return expected, max(1, expected // max(1, int(points)))
@@ -187,14 +189,15 @@ def run_demo(
     segmenter = load_segmenter()
 
     budget = minutes * 60.0
-    if every_n_steps is None:
-        per_batch = seconds_per_batch(dict(model.hparams))
-        expected, every_n_steps = plan_schedule(budget - (time.perf_counter() - start), per_batch,
-                                                points, max_batches)
-        echo(f"gan-monitor demo: ~{per_batch:.2f} s per batch here, so {int(expected)} batches "
-             f"fit in {minutes:g} min; dissecting every {every_n_steps} batches.")
-    monitor = make_monitor(segmenter, every_n_steps, layers=layers, n=n, seed=seed, threshold=threshold,
-                           iqr_n=iqr_n, quantile=quantile, cutoff=cutoff)
+    replan = None
+    if every_n_steps is None and max_batches is not None and max_batches < _WARMUP + _MEASURE:
+        every_n_steps = max(1, int(max_batches) // max(1, points))
+    if every_n_steps is None:  # set from this run's own speed after its first batches
+        replan = _make_replanner(start + budget - _RESERVE_SECONDS, points, max_batches, echo)
+    monitor = make_monitor(segmenter, every_n_steps or 10**9, layers=layers, n=n, seed=seed,
+                           threshold=threshold, iqr_n=iqr_n, quantile=quantile, cutoff=cutoff)
+    if replan is not None:
+        replan.monitor = monitor
     logger = TensorBoardLogger(str(out), name="", default_hp_metric=False)
     echo(f"gan-monitor demo: logs and checkpoints in {logger.log_dir}")
     echo(f"  follow along with:  tensorboard --logdir {out}")
@@ -203,7 +206,7 @@ def run_demo(
         max_time=timedelta(seconds=remaining),
         max_steps=-1 if max_batches is None else 2 * int(max_batches),  # 2 optimizer steps per batch
         max_epochs=-1, accelerator="cpu", logger=logger, log_every_n_steps=10,
-        callbacks=[monitor, ModelCheckpoint(save_last=True)],
+        callbacks=[c for c in (replan, monitor, ModelCheckpoint(save_last=True)) if c is not None],
         enable_progress_bar=progress, enable_model_summary=False,
     )
     t_fit = time.perf_counter()
@@ -221,7 +224,7 @@ def run_demo(
     summary = {
         "log_dir": logger.log_dir, "history": copy.deepcopy(monitor.history), "batches": batches,
         "fit_seconds": fit_seconds, "dissect_seconds": dissect_seconds,
-        "every_n_steps": every_n_steps, "checkpoint_dir": os.path.join(logger.log_dir, "checkpoints"),
+        "every_n_steps": monitor.every_n_steps, "checkpoint_dir": os.path.join(logger.log_dir, "checkpoints"),
         "total_seconds": time.perf_counter() - start,
         "settings": {"layers": list(layers), "n": n, "seed": seed, "threshold": threshold,
                      "iqr_n": iqr_n if threshold == "iqr" else None,
@@ -230,6 +233,39 @@ def run_demo(
     with open(os.path.join(logger.log_dir, "demo_summary.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=1)
     return summary
+
+
+class _ReplanBase:
+    """Sets the monitor's ``every_n_steps`` from the speed of this run's first batches,
+    so that ``points`` dissections fit before ``deadline`` (a ``perf_counter`` time)."""
+
+    def __init__(self, deadline: float, points: int, max_batches: int | None, echo):
+        self.deadline, self.points, self.max_batches, self.echo = deadline, points, max_batches, echo
+        self.monitor = None
+        self.batches = 0
+        self.t0 = 0.0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.batches += 1
+        if self.batches == _WARMUP:
+            self.t0 = time.perf_counter()
+        elif self.batches == _WARMUP + _MEASURE:
+            now = time.perf_counter()
+            per_batch = (now - self.t0) / _MEASURE
+            more, _ = plan_schedule(self.deadline - now, per_batch, 1, margin=1.1)
+            total = self.batches + more
+            if self.max_batches is not None:
+                total = min(total, int(self.max_batches))
+            self.monitor.every_n_steps = max(self.batches + 1, total // max(1, self.points))
+            self.echo(f"\ngan-monitor demo: {per_batch:.2f} s per batch, ~{total} batches fit; "
+                      f"dissecting every {self.monitor.every_n_steps} batches.")
+
+
+def _make_replanner(deadline, points, max_batches, echo):
+    import lightning.pytorch as pl
+
+    cls = type("Replan", (_ReplanBase, pl.Callback), {})
+    return cls(deadline, points, max_batches, echo)
 
 
 def format_table(history: Sequence[dict], monitor) -> str:

@@ -99,3 +99,16 @@ def test_examples_run(script, layers, tmp_path, monkeypatch, capsys):
     assert [line.split()[0] for line in lines] == ["0", "1", "2"]  # dissected at steps 0, 1, 2
     assert all(f"'{layer}':" in lines[-1] for layer in layers)
     assert list(tmp_path.rglob("events.out.tfevents*")), "no TensorBoard log written"
+
+
+def test_demo_plans_its_schedule_from_the_first_batches(tmp_path, capsys):
+    from gan_monitor.demo import plan_schedule, run_demo
+
+    assert plan_schedule(100.0, 0.5, 4, margin=1.0) == (190, 47)
+    assert plan_schedule(100.0, 0.5, 4, max_batches=40, margin=1.0) == (40, 10)
+    summary = run_demo(minutes=2, out=tmp_path, layers=["layer3"], n=8, points=2, max_batches=34,
+                       threshold="quantile", threads=1, progress=False,
+                       gan_kwargs=dict(TINY_GAN, num_scenes=272))  # one epoch
+    assert "dissecting every 31 batches" in capsys.readouterr().out  # max(30 + 1, 34 // 2)
+    assert summary["every_n_steps"] == 31
+    assert [h["step"] for h in summary["history"]] == [0, 31]
