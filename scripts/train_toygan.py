@@ -70,7 +70,8 @@ def save_progress_strips(strips: list, path: Path, scale: int = 2) -> None:
         canvas.paste(row, (label_w, y))
         draw.text((4, y + row.height // 2 - 6), f"it {iteration}", fill="black")
         y += row.height
-    canvas = canvas.resize((canvas.width * scale, canvas.height * scale), Image.NEAREST)
+    if scale > 1:
+        canvas = canvas.resize((canvas.width * scale, canvas.height * scale), Image.NEAREST)
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path)
 
@@ -157,13 +158,14 @@ def main(argv: list[str] | None = None) -> dict:
     trainer.save_checkpoint(out / "toygan.ckpt")
     final = save_samples(model.generator, out / "samples.png")
     if args.docs_grid is not None:
-        save_samples(model.generator, args.docs_grid)
+        save_samples(model.generator, args.docs_grid, scale=1)  # 1:1 pixels keep the docs image small
     if progress.strips:
         strips = progress.strips
         if strips[-1][0] != progress.iterations:
             strips = strips + [(progress.iterations, final[:8])]
-        for path in [out / "progress.png"] + ([args.docs_progress] if args.docs_progress else []):
-            save_progress_strips(strips, path)
+        save_progress_strips(strips, out / "progress.png")
+        if args.docs_progress is not None:
+            save_progress_strips(strips, args.docs_progress, scale=1)
     timing = {
         "iterations": progress.iterations,
         "train_seconds": round(seconds, 1),
