@@ -211,6 +211,7 @@ def per_unit_fid_layers(generator: nn.Module, layers: str | Sequence[str], *, po
         resolve_layer(generator, name)
     real = _check_real(real_stats)
     extractor = as_extractor(extractor)
+    real.check_usable(extractor.name, real.dim)  # before generating anything
     drawn = inputs is None
     if drawn:
         inputs = make_inputs(generator, pool, seed, input_fn)
@@ -336,6 +337,7 @@ def artifact_ablation(generator: nn.Module, layer: str, units: Sequence[int], *,
     resolve_layer(generator, layer)
     real = _check_real(real_stats)
     extractor = as_extractor(extractor)
+    real.check_usable(extractor.name, real.dim)
     units = [int(u) for u in units]
     if not units or len(set(units)) != len(units):
         raise ValueError(f"units must be a non-empty list of distinct unit indices, got {units}.")

@@ -74,7 +74,10 @@ def test_per_unit_fid_end_to_end_matches_brute_force_topk_and_torchmetrics():
     flat = ModuleFeatures(nn.Flatten(), name="pixels")  # d = 48
     real_images = torch.rand(300, 3, 4, 4, generator=torch.Generator().manual_seed(1)) * 2 - 1
     stats = RealStats.from_images(real_images.split(64), flat)
+    g.train()
+    rng = torch.get_rng_state()
     res = per_unit_fid(g, "feat", pool=250, k=60, real_stats=stats, extractor=flat, seed=5, batch_size=37)
+    assert torch.equal(torch.get_rng_state(), rng) and g.training  # global RNG and mode left alone
     assert (res.pool, res.k, res.extractor, res.real_count) == (250, 60, "pixels", 300)
     z = torch.randn(250, 8, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
@@ -213,7 +216,7 @@ def test_bad_inputs_give_clear_errors(toy32, tmp_path):
     with pytest.raises(ValueError, match="rank at most n - 1"):
         per_unit_fid(g, "feat", pool=50, k=10, real_stats=few, extractor=flat)
     with pytest.raises(ValueError, match=r"must return \[N, d\]"):
-        per_unit_fid(g, "feat", pool=50, k=10, real_stats=stats48, extractor=ModuleFeatures(nn.Identity(), "raw"))
+        per_unit_fid(g, "feat", pool=50, k=10, real_stats=stats48, extractor=ModuleFeatures(nn.Identity(), "pixels"))
     with pytest.raises(ValueError, match="extractor 'toy-segmenter"):
         per_unit_fid(g, "feat", pool=50, k=10, real_stats=stats, extractor=flat)
     with pytest.raises(KeyError, match="no layer named"):
