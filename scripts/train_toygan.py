@@ -60,8 +60,8 @@ def save_samples(generator, path: Path, n: int = 64, seed: int = 12345, scale: i
 
 
 def save_progress_strips(strips: list, path: Path, scale: int = 2) -> None:
-    """One row of images per ``(iteration, images [8,3,H,W])``, labelled with the iteration."""
-    rows = [image_grid(images) for _, images in strips]
+    """One row of images per ``(iteration, images [k,3,H,W])``, labelled with the iteration."""
+    rows = [image_grid(images, columns=len(images)) for _, images in strips]
     label_w = 48
     canvas = Image.new("RGB", (label_w + rows[0].width, sum(r.height for r in rows)), "white")
     draw = ImageDraw.Draw(canvas)
@@ -158,14 +158,14 @@ def main(argv: list[str] | None = None) -> dict:
     trainer.save_checkpoint(out / "toygan.ckpt")
     final = save_samples(model.generator, out / "samples.png")
     if args.docs_grid is not None:
-        save_samples(model.generator, args.docs_grid, scale=1)  # 1:1 pixels keep the docs image small
+        save_samples(model.generator, args.docs_grid, n=32, scale=1)  # small: grain does not compress
     if progress.strips:
         strips = progress.strips
         if strips[-1][0] != progress.iterations:
             strips = strips + [(progress.iterations, final[:8])]
         save_progress_strips(strips, out / "progress.png")
         if args.docs_progress is not None:
-            save_progress_strips(strips, args.docs_progress, scale=1)
+            save_progress_strips([(i, x[:6]) for i, x in strips[-6:]], args.docs_progress, scale=1)
     timing = {
         "iterations": progress.iterations,
         "train_seconds": round(seconds, 1),
