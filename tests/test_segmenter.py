@@ -179,3 +179,20 @@ def test_save_load_round_trip(tmp_path):
 def test_rejects_wrong_number_of_classes():
     with pytest.raises(ValueError, match="concepts"):
         ToySegmenter(SegmenterNet(5, (8, 8, 8, 8)))
+
+
+def test_palette_grid(tmp_path):
+    from PIL import Image
+
+    from gan_monitor.toyworld.palette import CONCEPT_COLOURS, colorize, save_label_grid
+
+    x, y = render_scenes(3, seed=8, size=32)
+    rgb = colorize(y)
+    assert rgb.shape == (3, 32, 32, 3) and rgb.dtype == torch.uint8
+    sky = y == CONCEPT_NAMES.index("sky")
+    assert (rgb[sky] == torch.tensor(CONCEPT_COLOURS[CONCEPT_NAMES.index("sky")], dtype=torch.uint8)).all()
+    path = save_label_grid(tmp_path / "g.png", x, y, y, scale=2, legend=False)
+    with Image.open(path) as im:
+        assert im.size == (3 * 32 * 2, 3 * 32 * 2)
+    with pytest.raises(ValueError, match="labels"):
+        colorize(torch.full((2, 2), C))
