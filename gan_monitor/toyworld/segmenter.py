@@ -37,7 +37,7 @@ class SegmenterNet(nn.Module):
     resolution), bilinear upsampling with skip concatenation, a 1x1 classifier.
     ``forward(images) -> logits [N, n_classes, H, W]`` for H, W multiples of 8."""
 
-    def __init__(self, n_classes: int = len(CONCEPT_NAMES), widths: tuple[int, ...] = (16, 32, 64, 96)):
+    def __init__(self, n_classes: int = len(CONCEPT_NAMES), widths: tuple[int, ...] = (16, 32, 48, 96)):
         super().__init__()
         if len(widths) != 4:
             raise ValueError(f"widths must list 4 channel counts (one per resolution), got {widths!r}.")
