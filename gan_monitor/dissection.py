@@ -174,8 +174,8 @@ def _quantile_pass(sampler, inputs, layers, quantile, topk, seed, settings):
     for name in tqdm(layers, desc="dissect: tally", disable=not sampler.progress, leave=False):
         units = cache[name][0].shape[1]
         sample = torch.cat(picked.pop(name)).transpose(0, 1).reshape(units, -1)
-        floors, expected = guess_floors(sample, rank, n * pixels)
-        kept = collect(cache[name], size, floors, capacity=math.ceil(1.1 * expected) + 64)
+        floors, _ = guess_floors(sample, rank, n * pixels)
+        kept = collect(cache[name], size, floors)
         t, exact = kept.kth_largest(rank)
         redo = (~exact).nonzero().flatten()
         if redo.numel():  # guess too high (ties): exact thresholds for these units, then collect again
@@ -187,7 +187,7 @@ def _quantile_pass(sampler, inputs, layers, quantile, topk, seed, settings):
         skip[redo] = math.inf
         batches = [kept.above(skip)]
         if redo.numel():
-            again = collect(cache[name], size, t[redo], capacity=rank, units=redo)
+            again = collect(cache[name], size, t[redo], units=redo)
             batches.append((redo[u], pos) for u, pos in again.above(t[redo]))
         for chunks in batches:
             for unit, pos in chunks:

@@ -67,7 +67,7 @@ def guess_floors(samples: torch.Tensor, rank: int, pixels: int) -> tuple[torch.T
     number of values expected above it (to size the buffers)."""
     s = samples.shape[1]
     expected = rank / pixels * s
-    index = min(s - 1, math.ceil(1.2 * expected + 4 * math.sqrt(expected) + 16))
+    index = min(s - 1, math.ceil(expected + 4 * math.sqrt(expected) + 16))  # P(too high) ~ 1e-7
     return samples.topk(index + 1, dim=1).values[:, index], math.ceil(pixels * (index + 1) / s)
 
 
@@ -78,9 +78,10 @@ class _AxisBlocks:
     Output coordinates are grouped by their low tap (``_taps``); a group longer than
     ``ceil(n_out / n_in)`` (the border groups, which also hold the clamped
     coordinates) is split so that blocks pad little. ``index`` ``[S, G]`` lists each
-    block's output coordinates (-1 pads), ``weights`` ``[S, G, 2]`` their (low, high)
-    tap weights, read from ``tallies.interpolation_matrix`` (0 for pads; a clamped
-    coordinate whose two taps coincide gets (1, 0)).
+    block's output coordinates (consecutive from ``first``; -1 pads), ``weights``
+    ``[S, G, 2]`` their (low, high) tap weights, read from
+    ``tallies.interpolation_matrix`` (NaN for pads; a clamped coordinate whose two taps
+    coincide gets (1, 0)).
     """
 
     def __init__(self, n_in: int, n_out: int, device):
@@ -96,21 +97,23 @@ class _AxisBlocks:
                 part = coords[first:first + size]
                 corner.append(k)
                 index.append(part + [-1] * (size - len(part)))
-        self.corner = torch.tensor(corner, device=device)
-        self.index = torch.tensor(index, device=device)
-        safe = self.index.clamp(min=0).cpu()
-        weights = torch.stack([w_lo[safe], w_hi[safe]], -1) * (self.index.cpu() >= 0)[..., None]
-        self.weights = weights.to(device)
+        index = torch.tensor(index)
+        safe = index.clamp(min=0)
+        weights = torch.stack([w_lo[safe], w_hi[safe]], -1)
+        self.weights = torch.where(index[..., None] >= 0, weights, math.nan).to(device)  # NaN pads never pass
+        self.corner, self.first = torch.tensor(corner, device=device), index[:, 0].to(device)
+        self.index = index.to(device)
 
 
 def _neighbourhood_max(maps: torch.Tensor) -> torch.Tensor:
     """``max(x[k:k+2, l:l+2])`` for every raw cell ``(k, l)`` of ``maps`` ``[..., h, w]``,
     the last row and column replicated: an upper bound of every upsampled pixel whose
     low taps are ``(k, l)`` (bilinear weights are convex)."""
-    down = torch.cat([maps[..., 1:, :], maps[..., -1:, :]], -2)
-    rows = torch.maximum(maps, down)
-    right = torch.cat([rows[..., 1:], rows[..., -1:]], -1)
-    return torch.maximum(rows, right)
+    rows = maps.clone()
+    torch.maximum(maps[..., :-1, :], maps[..., 1:, :], out=rows[..., :-1, :])
+    both = rows.clone()
+    torch.maximum(rows[..., :-1], rows[..., 1:], out=both[..., :-1])
+    return both
 
 
 def _fused_sum(p: torch.Tensor, b: torch.Tensor, wb: torch.Tensor) -> torch.Tensor:
@@ -142,113 +145,98 @@ def _interpolate(a, wa, b, wb, fused: bool) -> torch.Tensor:
 
 
 class ActivePixels:
-    """Values and positions of every upsampled pixel above a per-unit floor.
+    """Values and positions of every upsampled pixel above a per-unit floor, as flat
+    arrays grouped by unit (``unit`` non-decreasing).
 
     ``values`` may be approximations within ``slack[u]`` of the exact upsampled value
-    (``exact_at(units, positions)`` gives those, ``None``: the values are exact);
-    ``kth_largest`` and ``above`` then compute exact values for the few pixels whose
-    approximation is too close to the level to decide.
+    (``exact_at(units, positions)`` gives those; ``None``: the values are exact);
+    ``kth_largest`` and ``above`` compute exact values for the few pixels whose
+    approximation is too close to a level to decide.
     """
 
-    def __init__(self, floors: torch.Tensor, capacity: int, position_dtype=torch.int32, exact_at=None):
-        self.floors = floors.float()
+    def __init__(self, floors: torch.Tensor, slack: torch.Tensor, parts: list, exact_at=None):
+        self.floors, self.slack, self.exact_at = floors.float(), slack, exact_at
         n_units = floors.numel()
-        self.values = torch.full((n_units, max(1, capacity)), -math.inf, device=floors.device)
-        self.positions = torch.zeros((n_units, max(1, capacity)), dtype=position_dtype, device=floors.device)
-        self.count = torch.zeros(n_units, dtype=torch.long, device=floors.device)
-        self.slack = torch.zeros(n_units, device=floors.device)
-        self.exact_at = exact_at
+        if parts:
+            units, positions, values = (torch.cat(x) for x in zip(*parts))
+        else:
+            units = positions = torch.zeros(0, dtype=torch.long, device=floors.device)
+            values = torch.zeros(0, device=floors.device)
+        self.unit, self.positions, self.values = units, positions, values
+        self.count = torch.bincount(units, minlength=n_units)
 
-    def add(self, unit: torch.Tensor, positions: torch.Tensor, values: torch.Tensor) -> None:
-        """Keep pixels: ``unit`` (non-decreasing), flat global ``positions``, ``values``."""
-        if not unit.numel():
-            return
-        n_units = self.count.numel()
-        new = torch.bincount(unit, minlength=n_units)
-        need = int((self.count + new).max())
-        if need > self.values.shape[1]:
-            width = max(need, 2 * self.values.shape[1])
-            grown_v = torch.full((n_units, width), -math.inf, device=values.device)
-            grown_p = torch.zeros((n_units, width), dtype=self.positions.dtype, device=values.device)
-            grown_v[:, : self.values.shape[1]] = self.values
-            grown_p[:, : self.positions.shape[1]] = self.positions
-            self.values, self.positions = grown_v, grown_p
-        first = torch.cumsum(new, 0) - new
-        slot = self.count[unit] + torch.arange(unit.numel(), device=values.device) - first[unit]
-        self.values[unit, slot] = values
-        self.positions[unit, slot] = positions.to(self.positions.dtype)
-        self.count += new
+    def positions_of(self, unit: int) -> torch.Tensor:
+        """Flat global positions (``image * H * W + pixel``) kept for ``unit``."""
+        first = int(self.count[:unit].sum())
+        return self.positions[first:first + int(self.count[unit])]
 
-    def _exact(self, units: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
-        return self.exact_at(units, self.positions[units, slots].long())
+    def _exact(self, index: torch.Tensor) -> torch.Tensor:
+        return self.exact_at(self.unit[index].long(), self.positions[index].long())
 
-    def drop_not_above_floor(self) -> None:
-        """Remove kept pixels whose exact value is at or below their floor (only pixels
-        kept for their approximate value can be)."""
-        if self.exact_at is None:
-            return
-        near = (self.values > -math.inf) & (self.values <= (self.floors + self.slack)[:, None])
-        units, slots = near.nonzero(as_tuple=True)
-        drop = self._exact(units, slots) <= self.floors[units]
-        if not drop.any():
-            return
-        keep = self.values > -math.inf
-        keep[units[drop], slots[drop]] = False
-        rows, cols = keep.nonzero(as_tuple=True)
-        slot = (keep.cumsum(1) - 1)[rows, cols]
-        values, positions = torch.full_like(self.values, -math.inf), torch.zeros_like(self.positions)
-        values[rows, slot], positions[rows, slot] = self.values[rows, cols], self.positions[rows, cols]
-        self.values, self.positions, self.count = values, positions, keep.sum(1)
+    def _segments(self):
+        """(unit, first, stop) of every unit with kept pixels: its slice of the flat arrays."""
+        stops = self.count.cumsum(0).tolist()
+        return [(u, stop - n, stop) for u, (n, stop) in enumerate(zip(self.count.tolist(), stops)) if n]
 
     def kth_largest(self, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(``[U]`` exact rank-th largest kept value, ``[U]`` bool: exact, i.e. enough
-        values were kept to decide)."""
+        values were kept to decide).
+
+        With approximate values (each off by at most d), the exact answer lies within d
+        of the approximate one t: values above ``t + 2d`` rank above it, values below
+        ``t - 2d`` below it, and the band between is ranked by exact values. That is
+        decided where the band lies above the floor (all its pixels were kept)."""
         exact = self.count >= rank
         result = self.floors.clone()
-        rows = exact.nonzero().flatten()
-        if rows.numel():
-            kept = self.values[rows]
-            t = kept.kthvalue(kept.shape[1] - rank + 1, dim=1).values
-            if self.exact_at is not None:
-                t, decided = self._refine(rows, kept, t, rank)
-                exact[rows] = decided
-            result[rows] = torch.where(exact[rows], t, result[rows])
+        floors, slack = self.floors.tolist(), self.slack.tolist()
+        bands = []  # (unit, indices of its band, number of values above the band)
+        for u, first, stop in self._segments():
+            if stop - first < rank:
+                continue
+            part = self.values[first:stop]
+            t = part.kthvalue(part.numel() - rank + 1).values
+            if self.exact_at is None:
+                result[u] = t
+                continue
+            t, d = float(t), 2 * slack[u]
+            if t - d <= floors[u]:
+                exact[u] = False
+                continue
+            band = ((part >= t - d) & (part <= t + d)).nonzero().flatten() + first
+            bands.append((u, band, int((part > t + d).sum())))
+        if bands:
+            values = self._exact(torch.cat([band for _, band, _ in bands])).split([b.numel() for _, b, _ in bands])
+            for (u, _, above), exact_values in zip(bands, values):
+                result[u] = exact_values.sort(descending=True).values[rank - 1 - above]
         return result, exact
 
-    def _refine(self, rows, kept, t, rank):
-        """Exact rank-th largest from the approximate one ``t``: with every value off by
-        at most d, it lies within d of ``t``; values above ``t + 2d`` rank above it, values
-        below ``t - 2d`` below it, and the band between is ranked by exact values.
-        Decided where the band lies above the floor (all its pixels were kept)."""
-        d = self.slack[rows]
-        decided = t - 2 * d > self.floors[rows]
-        above = (kept > (t + 2 * d)[:, None]).sum(1)
-        r, slot = ((kept >= (t - 2 * d)[:, None]) & (kept <= (t + 2 * d)[:, None])).nonzero(as_tuple=True)
-        values = self._exact(rows[r], slot)
-        per_row = torch.bincount(r, minlength=rows.numel())
-        band = torch.full((rows.numel(), int(per_row.max())), -math.inf, device=kept.device)
-        band[r, torch.arange(r.numel(), device=r.device) - (per_row.cumsum(0) - per_row)[r]] = values
-        band = band.sort(1, descending=True).values
-        return band.gather(1, (rank - 1 - above).clamp(min=0)[:, None]).flatten(), decided
-
-    def above(self, thresholds: torch.Tensor, unit_chunk: int = 0):
-        """Yield ``(units, positions)`` of the kept pixels whose exact value is strictly
-        above ``thresholds`` (at or above their floors)."""
-        n_units, width = self.values.shape
-        step = unit_chunk or max(1, (1 << 24) // max(1, width))
-        for lo in range(0, n_units, step):
-            hi = min(n_units, lo + step)
-            d, level = self.slack[lo:hi], thresholds[lo:hi]
-            values = self.values[lo:hi]
-            units, slots = (values > (level - d)[:, None]).nonzero(as_tuple=True)
-            if self.exact_at is not None:
-                unsure = (values[units, slots] <= (level + d)[units]).nonzero().flatten()
-                if unsure.numel():
-                    exact = self._exact(units[unsure] + lo, slots[unsure])
-                    keep = torch.ones_like(units, dtype=torch.bool)
-                    keep[unsure] = exact > level[units[unsure]]
-                    units, slots = units[keep], slots[keep]
-            yield units + lo, self.positions[lo:hi][units, slots].long()
+    def above(self, thresholds: torch.Tensor):
+        """Yield ``(units, positions)`` (long) of the kept pixels whose exact value is
+        strictly above ``thresholds`` (at or above their floors)."""
+        levels, slack = thresholds.tolist(), self.slack.tolist()
+        units, chosen, unsure = [], [], []
+        for u, first, stop in self._segments():
+            level, d = levels[u], slack[u]
+            if level == math.inf:
+                continue
+            part = self.values[first:stop]
+            if self.exact_at is not None:  # within d of the level: the exact value decides
+                close = ((part > level - d) & (part <= level + d)).nonzero().flatten() + first
+                if close.numel():
+                    unsure.append((u, close))
+            chosen.append((part > level + d).nonzero().flatten() + first)
+            units.append(u)
+        device = self.values.device
+        counts = torch.tensor([c.numel() for c in chosen], dtype=torch.long, device=device)
+        unit = [torch.repeat_interleave(torch.tensor(units, dtype=torch.long, device=device), counts)]
+        if unsure:
+            index = torch.cat([close for _, close in unsure])
+            level = torch.cat([thresholds[u].expand(close.numel()) for u, close in unsure])
+            index = index[self._exact(index) > level]
+            chosen.append(index)
+            unit.append(self.unit.index_select(0, index).long())
+        if chosen:
+            yield torch.cat(unit), self.positions.index_select(0, torch.cat(chosen)).long()
 
 
 class _PixelValues:
@@ -267,26 +255,28 @@ class _PixelValues:
     def __call__(self, units: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         height, width = self.size
         image, pixel = positions // (height * width), positions % (height * width)
-        row, col = pixel // width, pixel % width
         batch = torch.bucketize(image, self.ends, right=True)
         channel = units if self.units is None else self.units[units]
         out = torch.empty(units.shape, device=units.device)
-        first, second = self.arithmetic
         for b in batch.unique().tolist():
             pick = (batch == b).nonzero().flatten()
-            raw = self.cache[b]
-            i = image[pick] - (int(self.ends[b]) - raw.shape[0])
-            c, y, x = channel[pick], row[pick], col[pick]
-
-            def at(rows, cols):
-                return raw[i, c, rows, cols].float()
-
-            y0, y1, x0, x1 = self.ylo[y], self.yhi[y], self.xlo[x], self.xhi[x]
-            wx0, wx1 = self.wx[x, 0], self.wx[x, 1]
-            top = _interpolate(at(y0, x0), wx0, at(y0, x1), wx1, first)
-            bottom = _interpolate(at(y1, x0), wx0, at(y1, x1), wx1, first)
-            out[pick] = _interpolate(top, self.wy[y, 0], bottom, self.wy[y, 1], second)
+            first = int(self.ends[b]) - self.cache[b].shape[0]
+            out[pick] = self.local(self.cache[b], image[pick] - first, channel[pick], pixel[pick] // width,
+                                   pixel[pick] % width)
         return out
+
+    def local(self, raw, image, channel, row, col) -> torch.Tensor:
+        """Values at ``raw[image, channel]`` upsampled, output pixel ``(row, col)``."""
+        y0, y1, x0, x1 = self.ylo[row], self.yhi[row], self.xlo[col], self.xhi[col]
+        wx0, wx1 = self.wx[col, 0], self.wx[col, 1]
+        first, second = self.arithmetic
+
+        def at(rows, cols):
+            return raw[image, channel, rows, cols].float()
+
+        top = _interpolate(at(y0, x0), wx0, at(y0, x1), wx1, first)
+        bottom = _interpolate(at(y1, x0), wx0, at(y1, x1), wx1, first)
+        return _interpolate(top, self.wy[row, 0], bottom, self.wy[row, 1], second)
 
 
 def exact_thresholds(cache: list[torch.Tensor], size: tuple[int, int], rank: int, units: torch.Tensor) -> torch.Tensor:
@@ -330,75 +320,91 @@ def _dense_weights(axis: _AxisBlocks, n_out: int) -> torch.Tensor:
     return weights
 
 
-def _block_values(corners, wy, wx, arithmetic):
-    """Upsampled blocks ``[M, Gy, Gx]`` from raw corners ``[M, 2, 2]`` and tap weights
-    ``wy`` ``[M, Gy, 2]``, ``wx`` ``[M, Gx, 2]``: columns first, then rows, like ``upsample``."""
-    first, second = arithmetic
-    rows = _interpolate(corners[:, :, 0, None], wx[:, None, :, 0], corners[:, :, 1, None], wx[:, None, :, 1],
-                        first)  # [M, 2, Gx]
-    return _interpolate(rows[:, None, 0], wy[:, :, 0, None], rows[:, None, 1], wy[:, :, 1, None], second)
-
-
-def collect(cache: list[torch.Tensor], size: tuple[int, int], floors: torch.Tensor, capacity: int,
-            units: torch.Tensor | None = None, cell_chunk: int = 1 << 15) -> ActivePixels:
+def collect(cache: list[torch.Tensor], size: tuple[int, int], floors: torch.Tensor,
+            units: torch.Tensor | None = None, cell_chunk: int = 1 << 15,
+            chunk_elements: int = 1 << 22) -> ActivePixels:
     """One pass over the cached raw featuremaps keeping the upsampled pixels above ``floors``.
 
     Only blocks that can hold such a pixel are upsampled: a block's pixels interpolate
     the same 2x2 raw neighbourhood, so none exceeds its maximum (up to rounding,
-    covered by a margin). Blocks are computed elementwise with the rounding that
-    ``upsample``'s matmuls use on this machine (``_pick_arithmetic``, checked on the
-    first images), so the kept values are bit-identical to ``upsample``; where that
-    cannot be reproduced, maps are upsampled densely.
+    covered by a margin). Blocks are computed with two small batched matmuls whose
+    rounding may differ from ``upsample``'s by a few ulps (``slack``); pixels that
+    close to their floor are decided by their exact value (``_PixelValues``, with the
+    rounding of ``upsample``'s matmuls found on the first image by
+    ``_pick_arithmetic``). Where that rounding cannot be reproduced, maps are
+    upsampled densely. Units are processed a few at a time (``chunk_elements`` raw
+    values of all images), so the kept pixels come out grouped by unit.
     """
     height, width = size
     pixels = height * width
-    total = sum(raw.shape[0] for raw in cache) * pixels
-    dtype = torch.int32 if total < 2 ** 31 else torch.int64
+    n_images = sum(raw.shape[0] for raw in cache)
+    position_dtype = torch.int32 if n_images * pixels < 2 ** 31 else torch.int64
     h, w = cache[0].shape[-2:]
-    ys, xs = _AxisBlocks(h, height, cache[0].device), _AxisBlocks(w, width, cache[0].device)
-    probe = cache[0][:1] if units is None else cache[0][:1, units]
-    arithmetic = _pick_arithmetic(probe, size, ys, xs)
-    approximate = arithmetic is not None and arithmetic != _PLAIN
-    exact_at = _PixelValues(cache, size, units, arithmetic, ys, xs) if approximate else None
-    active = ActivePixels(floors, capacity, dtype, exact_at)
-    floors = active.floors
-    start = 0
-    for raw in cache:
-        part = raw if units is None else raw[:, units]
-        maps = part.float().transpose(0, 1)  # [U, b, h, w], a view
-        if arithmetic is None:
-            _collect_dense(active, maps, size, start)
-            start += raw.shape[0]
+    device = cache[0].device
+    channels = torch.arange(cache[0].shape[1], device=device) if units is None else units
+    ys, xs = _AxisBlocks(h, height, device), _AxisBlocks(w, width, device)
+    arithmetic = _pick_arithmetic(cache[0][:1, channels[:32]], size, ys, xs)
+    exact_at = None if arithmetic is None else _PixelValues(cache, size, units, arithmetic, ys, xs)
+    floors = floors.float()
+    slack = torch.zeros_like(floors)
+    # Tables over block kinds s = (y block, x block): raw corner offsets, first output pixel.
+    wx_t = xs.weights.transpose(1, 2).contiguous()  # [Sx, 2, Gx]
+    gy, gx, sx = ys.index.shape[1], xs.index.shape[1], xs.corner.numel()
+    k, l = ys.corner[:, None], xs.corner[None, :]
+    k1, l1 = (k + 1).clamp(max=h - 1), (l + 1).clamp(max=w - 1)
+    corner_offsets = torch.stack([k * w + l, k * w + l1, k1 * w + l, k1 * w + l1], -1).view(-1, 4)
+    first_pixel = (ys.first[:, None] * width + xs.first[None, :]).flatten()
+    kinds = first_pixel.numel()
+    offsets = (torch.arange(gy, device=device)[:, None] * width + torch.arange(gx, device=device)).flatten()
+    parts = []
+    step = max(1, chunk_elements // (n_images * h * w))
+    for u0 in range(0, channels.numel(), step):
+        chosen = channels[u0:u0 + step]
+        maps = torch.cat([raw[:, chosen] for raw in cache]).float().transpose(0, 1).contiguous()  # [u, n, h, w]
+        if exact_at is None:
+            parts += _collect_dense(maps, size, floors[u0:u0 + step], u0, position_dtype)
             continue
-        margin = 1e-5 * maps.abs().amax((2, 3))  # [U, b], bounds rounding differences
-        reach = _neighbourhood_max(maps) + margin[..., None, None]  # bounds every pixel of the cell's blocks
-        slack = margin if approximate else torch.zeros_like(margin)
-        active.slack = torch.maximum(active.slack, slack.amax(1))
-        candidate = (reach > floors.view(-1, 1, 1, 1))[:, :, ys.corner][:, :, :, xs.corner]
-        cells = candidate.nonzero()  # [M, 4]: unit, image, y block, x block; grouped by unit
-        for lo in range(0, cells.shape[0], cell_chunk):
-            unit, image, by, bx = cells[lo:lo + cell_chunk].unbind(1)
-            k, l = ys.corner[by], xs.corner[bx]
-            k1, l1 = (k + 1).clamp(max=h - 1), (l + 1).clamp(max=w - 1)
-            corners = torch.stack([maps[unit, image, k, l], maps[unit, image, k, l1],
-                                   maps[unit, image, k1, l], maps[unit, image, k1, l1]], 1).view(-1, 2, 2)
-            block = _block_values(corners, ys.weights[by], xs.weights[bx], _PLAIN)
-            level = floors[unit] - slack[unit, image]
-            cell, i, j = (block > level.view(-1, 1, 1)).nonzero(as_tuple=True)
-            row, col = ys.index[by[cell], i], xs.index[bx[cell], j]
-            real = (row >= 0) & (col >= 0)  # drop the pads of short blocks
-            cell, i, j, row, col = cell[real], i[real], j[real], row[real], col[real]
-            positions = (image[cell] + start) * pixels + row * width + col
-            active.add(unit[cell], positions, block[cell, i, j])
-        start += raw.shape[0]
-    active.drop_not_above_floor()
-    return active
+        near = 1e-5 * maps.abs().amax((2, 3)).flatten()  # per map, bounds rounding differences
+        slack[u0:u0 + step] = near.view(maps.shape[:2]).amax(1)
+        reach = _neighbourhood_max(maps) + near.view(*maps.shape[:2], 1, 1)  # bounds the cell's pixels
+        level = floors[u0:u0 + step]
+        candidate = (reach > level.view(-1, 1, 1, 1)).index_select(2, ys.corner).index_select(3, xs.corner)
+        found = candidate.view(-1).nonzero().flatten()  # (map, kind) flat, grouped by unit
+        for lo in range(0, found.numel(), cell_chunk):
+            map_index, kind = found[lo:lo + cell_chunk].div(kinds, rounding_mode="floor"), found[lo:lo + cell_chunk] % kinds
+            corners = maps.view(-1).take(map_index[:, None] * (h * w) + corner_offsets.index_select(0, kind))
+            block = torch.bmm(ys.weights.index_select(0, kind.div(sx, rounding_mode="floor")),
+                              torch.bmm(corners.view(-1, 2, 2), wx_t.index_select(0, kind % sx))).view(-1)
+            margin, floor = near.index_select(0, map_index), level.index_select(0, map_index // n_images)
+            hit = (block.view(-1, gy * gx) > (floor - margin)[:, None]).view(-1).nonzero().flatten()
+            cell, entry = hit.div(gy * gx, rounding_mode="floor"), hit % (gy * gx)
+            values = block.index_select(0, hit)
+            unsure = (values <= (floor + margin).index_select(0, cell)).nonzero().flatten()
+            if unsure.numel():  # too close to the floor to tell: the exact value decides
+                c, e = cell[unsure], entry[unsure]
+                m, kd = map_index[c], kind[c]
+                row = ys.first[kd.div(sx, rounding_mode="floor")] + e.div(gx, rounding_mode="floor")
+                col = xs.first[kd % sx] + e % gx
+                keep = torch.ones_like(cell, dtype=torch.bool)
+                exact = exact_at.local(maps.transpose(0, 1), m % n_images, m.div(n_images, rounding_mode="floor"),
+                                       row, col)
+                keep[unsure] = exact > floor[c]
+                cell, entry, values = cell[keep], entry[keep], values[keep]
+            base = (map_index % n_images) * pixels + first_pixel.index_select(0, kind)
+            positions = base.index_select(0, cell) + offsets.index_select(0, entry)
+            unit = (map_index.div(n_images, rounding_mode="floor") + u0).int().index_select(0, cell)
+            parts.append((unit, positions.to(position_dtype), values))
+    return ActivePixels(floors, slack, parts, exact_at)
 
 
-def _collect_dense(active: ActivePixels, maps: torch.Tensor, size: tuple[int, int], start: int) -> None:
-    """Fallback of ``collect``: upsample every map of ``maps`` ``[U, b, h, w]``."""
-    u, b = maps.shape[:2]
-    for lo, hi in image_chunks(b, u * size[0] * size[1]):
-        up = upsample(maps[:, lo:hi], size).flatten(1)  # [U, (hi - lo) * P], per unit
-        unit, flat = (up > active.floors[:, None]).nonzero(as_tuple=True)
-        active.add(unit, flat + (start + lo) * size[0] * size[1], up[unit, flat])
+def _collect_dense(maps: torch.Tensor, size: tuple[int, int], floors: torch.Tensor, u0: int, position_dtype):
+    """Fallback of ``collect``: upsample every map of ``maps`` ``[u, n, h, w]``, unit by unit."""
+    parts = []
+    pixels = size[0] * size[1]
+    for u in range(maps.shape[0]):
+        for lo, hi in image_chunks(maps.shape[1], pixels):
+            up = upsample(maps[u:u + 1, lo:hi], size).flatten()
+            flat = (up > floors[u]).nonzero().flatten()
+            unit = torch.full_like(flat, u + u0, dtype=torch.int32)
+            parts.append((unit, (flat + lo * pixels).to(position_dtype), up[flat]))
+    return parts

@@ -226,12 +226,12 @@ def test_interpolate_at_positions_matches_upsample(shape, size):
 def test_collect_keeps_exactly_the_pixels_above_the_floor():
     x = torch.randn(6, 3, 4, 4, generator=torch.Generator().manual_seed(8))
     floors = torch.tensor([0.5, 1.0, 9.0])
-    kept = collect([x[:2], x[2:]], (8, 8), floors, capacity=4)  # too small: must grow
+    kept = collect([x[:2], x[2:]], (8, 8), floors)
     dense = upsample(x, (8, 8)).flatten(2)  # [N, U, P]
     for u in range(3):
         image, pixel = (dense[:, u] > floors[u]).nonzero(as_tuple=True)
         expect = sorted((image * 64 + pixel).tolist())
-        got = sorted(kept.positions[u, : kept.count[u]].long().tolist())
+        got = sorted(kept.positions_of(u).long().tolist())
         assert got == expect
     rank = 5
     t, exact = kept.kth_largest(rank)
