@@ -154,7 +154,8 @@ class ActivePixels:
     approximation is too close to a level to decide.
     """
 
-    def __init__(self, floors: torch.Tensor, slack: torch.Tensor, parts: list, exact_at=None):
+    def __init__(self, floors: torch.Tensor, slack: torch.Tensor, parts: list, exact_at=None,
+                 dropped: list | None = None):
         self.floors, self.slack, self.exact_at = floors.float(), slack, exact_at
         n_units = floors.numel()
         if parts:
@@ -163,20 +164,24 @@ class ActivePixels:
             units = positions = torch.zeros(0, dtype=torch.long, device=floors.device)
             values = torch.zeros(0, device=floors.device)
         self.unit, self.positions, self.values = units, positions, values
-        self.count = torch.bincount(units, minlength=n_units)
+        self.stored = torch.bincount(units, minlength=n_units)  # length of each unit's slice
+        self.count = self.stored.clone()  # pixels above the floor (entries of value -inf were dropped)
+        if dropped:
+            self.count -= torch.bincount(torch.cat(dropped), minlength=n_units)
 
     def positions_of(self, unit: int) -> torch.Tensor:
         """Flat global positions (``image * H * W + pixel``) kept for ``unit``."""
-        first = int(self.count[:unit].sum())
-        return self.positions[first:first + int(self.count[unit])]
+        first = int(self.stored[:unit].sum())
+        part = slice(first, first + int(self.stored[unit]))
+        return self.positions[part][self.values[part] > -math.inf]
 
     def _exact(self, index: torch.Tensor) -> torch.Tensor:
         return self.exact_at(self.unit[index].long(), self.positions[index].long())
 
     def _segments(self):
         """(unit, first, stop) of every unit with kept pixels: its slice of the flat arrays."""
-        stops = self.count.cumsum(0).tolist()
-        return [(u, stop - n, stop) for u, (n, stop) in enumerate(zip(self.count.tolist(), stops)) if n]
+        stops = self.stored.cumsum(0).tolist()
+        return [(u, stop - n, stop) for u, (n, stop) in enumerate(zip(self.stored.tolist(), stops)) if n]
 
     def kth_largest(self, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(``[U]`` exact rank-th largest kept value, ``[U]`` bool: exact, i.e. enough
@@ -190,8 +195,9 @@ class ActivePixels:
         result = self.floors.clone()
         floors, slack = self.floors.tolist(), self.slack.tolist()
         bands = []  # (unit, indices of its band, number of values above the band)
+        enough = exact.tolist()
         for u, first, stop in self._segments():
-            if stop - first < rank:
+            if not enough[u]:
                 continue
             part = self.values[first:stop]
             t = part.kthvalue(part.numel() - rank + 1).values
@@ -356,7 +362,7 @@ def collect(cache: list[torch.Tensor], size: tuple[int, int], floors: torch.Tens
     first_pixel = (ys.first[:, None] * width + xs.first[None, :]).flatten()
     kinds = first_pixel.numel()
     offsets = (torch.arange(gy, device=device)[:, None] * width + torch.arange(gx, device=device)).flatten()
-    parts = []
+    parts, dropped = [], []
     step = max(1, chunk_elements // (n_images * h * w))
     for u0 in range(0, channels.numel(), step):
         chosen = channels[u0:u0 + step]
@@ -385,16 +391,16 @@ def collect(cache: list[torch.Tensor], size: tuple[int, int], floors: torch.Tens
                 m, kd = map_index[c], kind[c]
                 row = ys.first[kd.div(sx, rounding_mode="floor")] + e.div(gx, rounding_mode="floor")
                 col = xs.first[kd % sx] + e % gx
-                keep = torch.ones_like(cell, dtype=torch.bool)
                 exact = exact_at.local(maps.transpose(0, 1), m % n_images, m.div(n_images, rounding_mode="floor"),
                                        row, col)
-                keep[unsure] = exact > floor[c]
-                cell, entry, values = cell[keep], entry[keep], values[keep]
+                out = unsure[exact <= floor[c]]
+                values[out] = -math.inf  # not above the floor after all: stored, but never counted
+                dropped.append(m[exact <= floor[c]].div(n_images, rounding_mode="floor") + u0)
             base = (map_index % n_images) * pixels + first_pixel.index_select(0, kind)
             positions = base.index_select(0, cell) + offsets.index_select(0, entry)
             unit = (map_index.div(n_images, rounding_mode="floor") + u0).int().index_select(0, cell)
             parts.append((unit, positions.to(position_dtype), values))
-    return ActivePixels(floors, slack, parts, exact_at)
+    return ActivePixels(floors, slack, parts, exact_at, dropped)
 
 
 def _collect_dense(maps: torch.Tensor, size: tuple[int, int], floors: torch.Tensor, u0: int, position_dtype):
