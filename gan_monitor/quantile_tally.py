@@ -109,10 +109,12 @@ def _neighbourhood_max(maps: torch.Tensor) -> torch.Tensor:
     """``max(x[k:k+2, l:l+2])`` for every raw cell ``(k, l)`` of ``maps`` ``[..., h, w]``,
     the last row and column replicated: an upper bound of every upsampled pixel whose
     low taps are ``(k, l)`` (bilinear weights are convex)."""
-    rows = maps.clone()
+    rows = torch.empty_like(maps)
     torch.maximum(maps[..., :-1, :], maps[..., 1:, :], out=rows[..., :-1, :])
-    both = rows.clone()
+    rows[..., -1, :] = maps[..., -1, :]
+    both = torch.empty_like(maps)
     torch.maximum(rows[..., :-1], rows[..., 1:], out=both[..., :-1])
+    both[..., -1] = rows[..., -1]
     return both
 
 
@@ -333,7 +335,7 @@ def collect(cache: list[torch.Tensor], size: tuple[int, int], floors: torch.Tens
 
     Only blocks that can hold such a pixel are upsampled: a block's pixels interpolate
     the same 2x2 raw neighbourhood, so none exceeds its maximum (up to rounding,
-    covered by a margin). Blocks are computed with two small batched matmuls whose
+    covered by a margin). Blocks are computed as ``low + w_high * (high - low)`` per axis, whose
     rounding may differ from ``upsample``'s by a few ulps (``slack``); pixels that
     close to their floor are decided by their exact value (``_PixelValues``, with the
     rounding of ``upsample``'s matmuls found on the first image by
@@ -354,7 +356,7 @@ def collect(cache: list[torch.Tensor], size: tuple[int, int], floors: torch.Tens
     floors = floors.float()
     slack = torch.zeros_like(floors)
     # Tables over block kinds s = (y block, x block): raw corner offsets, first output pixel.
-    wx_t = xs.weights.transpose(1, 2).contiguous()  # [Sx, 2, Gx]
+    high_y, high_x = ys.weights[..., 1].contiguous(), xs.weights[..., 1].contiguous()  # [S, G], NaN pads
     gy, gx, sx = ys.index.shape[1], xs.index.shape[1], xs.corner.numel()
     k, l = ys.corner[:, None], xs.corner[None, :]
     k1, l1 = (k + 1).clamp(max=h - 1), (l + 1).clamp(max=w - 1)
@@ -366,21 +368,32 @@ def collect(cache: list[torch.Tensor], size: tuple[int, int], floors: torch.Tens
     step = max(1, chunk_elements // (n_images * h * w))
     for u0 in range(0, channels.numel(), step):
         chosen = channels[u0:u0 + step]
-        maps = torch.cat([raw[:, chosen] for raw in cache]).float().transpose(0, 1).contiguous()  # [u, n, h, w]
+        maps = torch.empty(chosen.numel(), n_images, h, w, device=device)  # [u, n, h, w], unit-major
+        first = 0
+        for raw in cache:
+            maps[:, first:first + raw.shape[0]] = raw.index_select(1, chosen).transpose(0, 1)
+            first += raw.shape[0]
         if exact_at is None:
             parts += _collect_dense(maps, size, floors[u0:u0 + step], u0, position_dtype)
             continue
-        near = 1e-5 * maps.abs().amax((2, 3)).flatten()  # per map, bounds rounding differences
+        low, high = torch.aminmax(maps.view(*maps.shape[:2], -1), dim=2)
+        near = 1e-5 * torch.maximum(high, -low).flatten()  # per map: bounds rounding differences
         slack[u0:u0 + step] = near.view(maps.shape[:2]).amax(1)
-        reach = _neighbourhood_max(maps) + near.view(*maps.shape[:2], 1, 1)  # bounds the cell's pixels
         level = floors[u0:u0 + step]
-        candidate = (reach > level.view(-1, 1, 1, 1)).index_select(2, ys.corner).index_select(3, xs.corner)
+        reach = _neighbourhood_max(maps)  # bounds the pixels of the cell's blocks, up to rounding
+        candidate = reach > (level[:, None] - near.view(maps.shape[:2]))[..., None, None]
+        candidate = candidate.index_select(2, ys.corner).index_select(3, xs.corner)
         found = candidate.view(-1).nonzero().flatten()  # (map, kind) flat, grouped by unit
         for lo in range(0, found.numel(), cell_chunk):
             map_index, kind = found[lo:lo + cell_chunk].div(kinds, rounding_mode="floor"), found[lo:lo + cell_chunk] % kinds
             corners = maps.view(-1).take(map_index[:, None] * (h * w) + corner_offsets.index_select(0, kind))
-            block = torch.bmm(ys.weights.index_select(0, kind.div(sx, rounding_mode="floor")),
-                              torch.bmm(corners.view(-1, 2, 2), wx_t.index_select(0, kind % sx))).view(-1)
+            # low + w_high * (high - low), columns then rows: within a few ulps of upsample's values
+            corners = corners.view(-1, 2, 2, 1)  # [M, row k / k+1, column l / l+1, 1]
+            rows = torch.addcmul(corners[:, :, 0], corners[:, :, 1] - corners[:, :, 0],
+                                 high_x.index_select(0, kind % sx)[:, None, :])  # [M, 2, Gx]
+            top = rows[:, :1]
+            block = torch.addcmul(top, rows[:, 1:] - top,
+                                  high_y.index_select(0, kind.div(sx, rounding_mode="floor"))[:, :, None]).view(-1)
             margin, floor = near.index_select(0, map_index), level.index_select(0, map_index // n_images)
             hit = (block.view(-1, gy * gx) > (floor - margin)[:, None]).view(-1).nonzero().flatten()
             cell, entry = hit.div(gy * gx, rounding_mode="floor"), hit % (gy * gx)
