@@ -191,8 +191,7 @@ def _quantile_pass(sampler, inputs, layers, quantile, topk, seed, settings):
             batches.append((redo[u], pos) for u, pos in again.above(t[redo]))
         for chunks in batches:
             for unit, pos in chunks:
-                image, pixel = pos // pixels, pos % pixels
-                tally.add_active(unit, all_labels[image, :, pixel].long(), all_shows[image])
+                tally.add_active(unit, pos, all_labels, all_shows)
         thresholds[name], tallies[name] = t, tally
         del kept
         cache[name] = []

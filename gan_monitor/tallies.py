@@ -241,17 +241,29 @@ class LayerTally(Metric):
         self.pixels += labels.shape[0] * height * width
         self.images += labels.shape[0]
 
-    def add_active(self, units: torch.Tensor, labels: torch.Tensor, category_present: torch.Tensor) -> None:
+    def add_active(self, units: torch.Tensor, positions: torch.Tensor, labels: torch.Tensor,
+                   category_present: torch.Tensor) -> None:
         """Count a list of "on" pixels (sparse path; call ``add_images`` for their images).
 
-        units: long [M], the unit that is on; labels: long [M, D], the pixel's concepts
-        (repeats already set to 0, see ``dedupe_labels``); category_present: bool [M, K]
-        of the pixel's image.
+        units: long [M], the unit that is on; positions: long [M], the pixel as
+        ``image * P + pixel`` of the label maps ``labels`` [N, D, P] (any integer dtype,
+        repeats already set to 0, see ``dedupe_labels``); category_present: bool [N, K]
+        per image.
         """
-        self.active += torch.bincount(units, minlength=self.n_units)
-        self.active_in_category.index_add_(0, units, category_present.long())
-        for d in range(labels.shape[1]):
-            index = units * self.n_concepts + labels[:, d]
+        n_images, depth, pixels = labels.shape
+        image = positions.div(pixels, rounding_mode="floor")
+        if self.n_units * n_images <= CHUNK_ELEMENTS:  # on-pixels per (unit, image), then per category
+            per_image = torch.bincount(units * n_images + image, minlength=self.n_units * n_images)
+            per_image = per_image.view(self.n_units, n_images)
+            self.active += per_image.sum(1)
+            self.active_in_category += per_image @ category_present.long()
+        else:
+            self.active += torch.bincount(units, minlength=self.n_units)
+            self.active_in_category.index_add_(0, units, category_present.index_select(0, image).long())
+        flat = labels.reshape(-1)
+        first = positions if depth == 1 else positions + image * ((depth - 1) * pixels)  # map 0 of the pixel
+        for d in range(depth):
+            index = units * self.n_concepts + flat.index_select(0, first + d * pixels).long()
             self.intersection += torch.bincount(index, minlength=self.n_units * self.n_concepts).view(
                 self.n_units, self.n_concepts)
         self.intersection[:, 0] = 0

@@ -238,3 +238,29 @@ def test_collect_keeps_exactly_the_pixels_above_the_floor():
     for u in range(2):
         assert exact[u] and t[u] == dense[:, u].flatten().sort(descending=True).values[rank - 1]
     assert not exact[2]
+
+
+@pytest.mark.parametrize("per_image_limit", [None, 0])
+def test_add_active_counts_listed_pixels_like_brute_force(per_image_limit, monkeypatch):
+    import gan_monitor.tallies as tallies
+    if per_image_limit is not None:  # force the path for many (unit, image) pairs
+        monkeypatch.setattr(tallies, "CHUNK_ELEMENTS", per_image_limit)
+    gen = torch.Generator().manual_seed(11)
+    n, depth, pixels, units = 5, 2, 30, 4
+    labels = torch.randint(0, len(CATS), (n, depth, pixels), generator=gen).to(torch.uint8)
+    labels = tallies.dedupe_labels(labels)  # a concept repeated at a pixel counts once
+    present = torch.zeros(n, len(CATS), dtype=torch.bool)
+    for c in range(1, len(CATS)):
+        present[:, c] = (labels == c).flatten(1).any(1)
+    names, index = category_index(CATS)
+    shows = torch.stack([present[:, 1:][:, index[1:] == k].any(1) for k in range(len(names))], 1)
+    on = torch.rand(units, n, pixels, generator=gen) > 0.7
+    unit, image, pixel = on.nonzero(as_tuple=True)
+    tally = LayerTally(torch.zeros(units), CATS)
+    tally.add_active(unit, image * pixels + pixel, labels, shows)
+    for u in range(units):
+        assert tally.active[u] == on[u].sum()
+        for k in range(len(names)):
+            assert tally.active_in_category[u, k] == on[u][shows[:, k]].sum()
+        for c in range(1, len(CATS)):
+            assert tally.intersection[u, c] == (on[u] & (labels == c).any(1)).sum()
