@@ -1,4 +1,4 @@
-"""Quantile-mode tallying with one upsampling of each featuremap.
+"""Quantile-mode tallying that upsamples only where a unit can be "on".
 
 The threshold ``t_u`` (the ``(k+1)``-th largest upsampled activation of unit u, see
 ``thresholds``) must be known before counting, yet it depends on all images. Here
@@ -6,18 +6,28 @@ it is found exactly, and the IoU counted, from the cached raw featuremaps:
 
 1. ``guess_floors``: from a seeded subsample of pixels (interpolated straight from
    the raw featuremaps, no full upsampling) pick per unit a level ``L_u`` a safe
-   margin below the expected ``t_u``.
-2. ``ActivePixels``: one pass over the cache upsamples each batch once and keeps
-   the value and position of every pixel above ``L_u`` (about 1.6 k per unit); maps
-   whose raw maximum is below ``L_u`` are not upsampled at all.
+   margin below the expected ``t_u`` (about 1.4 ``(k+1)`` pixels lie above it).
+2. ``collect``: a bilinear pixel is a convex combination of its (up to) 4 raw
+   neighbours, so it can exceed ``L_u`` only if the maximum of that raw 2x2
+   neighbourhood does. The maximum is taken once per featuremap (a 2x2 max-pool with
+   the border replicated) and only the output blocks of the cells above ``L_u`` are
+   upsampled (about 8 % of them at q = 0.01); the value and position of every pixel
+   above ``L_u`` is kept (``ActivePixels``, flat arrays grouped by unit).
 3. If at least ``k+1`` values lie above ``L_u``, ``t_u`` is the ``(k+1)``-th largest of
    them (exact), and the pixels above ``t_u`` are exactly the unit's "on" pixels;
    they are counted against the cached labels (``LayerTally.add_active``). Units
    whose guess was too high (rare: heavy ties, e.g. ReLU zeros) are redone exactly
    with ``TopValues`` and a second collection, for those units only.
 
-Memory: the kept pixels, about ``1.8 * U * (k+1) * 8`` bytes per layer (float32 value
-+ int32 position; buffers sized from the subsample), on top of the featuremap cache.
+Bit-identical to ``upsample``: blocks are computed elementwise (fast, within a few
+ulps), and every decision closer to a level than that bound is made on the exact
+value, recomputed with the rounding ``upsample``'s matmuls use on this machine (one
+or two roundings per tap pair, found once per geometry by ``pick_arithmetic``;
+if neither reproduces ``upsample``, ``collect`` upsamples densely instead).
+
+Memory: the kept pixels, about ``1.4 * U * (k+1) * 12`` bytes per layer (float32
+value, int32 unit and position), plus a unit-major copy of at most ``chunk_elements``
+raw values, on top of the featuremap cache.
 """
 from __future__ import annotations
 
@@ -25,20 +35,11 @@ import math
 
 import torch
 
-from .tallies import image_chunks, interpolation_matrix, upsample
+from .tallies import image_chunks, upsample
+from .upsample_blocks import AxisBlocks, PixelValues, neighbourhood_max, pick_arithmetic, taps
 from .thresholds import TopValues
 
 __all__ = ["interpolate_at", "guess_floors", "ActivePixels"]
-
-
-def _taps(n_in: int, n_out: int, device):
-    """(low index, high index, weight of high) of 1-D interpolation for each output coordinate
-    (the same rule as ``tallies.interpolation_matrix``)."""
-    dst = torch.arange(int(n_out), dtype=torch.float64)
-    src = ((dst + 0.5) * (n_in / n_out) - 0.5).clamp(0, n_in - 1)
-    lo = src.floor().long()
-    hi = (lo + 1).clamp(max=n_in - 1)
-    return lo.to(device), hi.to(device), (src - lo).float().to(device)
 
 
 def interpolate_at(raw: torch.Tensor, positions: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -47,8 +48,8 @@ def interpolate_at(raw: torch.Tensor, positions: torch.Tensor, size: tuple[int, 
     ``upsample`` up to float rounding)."""
     b, u, h, w = raw.shape
     height, width = size
-    ylo, yhi, fy = _taps(h, height, raw.device)
-    xlo, xhi, fx = _taps(w, width, raw.device)
+    ylo, yhi, fy = taps(h, height, raw.device)
+    xlo, xhi, fx = taps(w, width, raw.device)
     y, x = positions // width, positions % width
     flat = raw.float().reshape(b, u, h * w)
 
@@ -69,81 +70,6 @@ def guess_floors(samples: torch.Tensor, rank: int, pixels: int) -> tuple[torch.T
     expected = rank / pixels * s
     index = min(s - 1, math.ceil(expected + 4 * math.sqrt(expected) + 16))  # P(too high) ~ 1e-7
     return samples.topk(index + 1, dim=1).values[:, index], math.ceil(pixels * (index + 1) / s)
-
-
-class _AxisBlocks:
-    """One axis of the upsampled grid cut into blocks whose pixels all interpolate
-    the same two raw samples ``corner`` and ``min(corner + 1, n_in - 1)``.
-
-    Output coordinates are grouped by their low tap (``_taps``); a group longer than
-    ``ceil(n_out / n_in)`` (the border groups, which also hold the clamped
-    coordinates) is split so that blocks pad little. ``index`` ``[S, G]`` lists each
-    block's output coordinates (consecutive from ``first``; -1 pads), ``weights``
-    ``[S, G, 2]`` their (low, high) tap weights, read from
-    ``tallies.interpolation_matrix`` (NaN for pads; a clamped coordinate whose two taps
-    coincide gets (1, 0)).
-    """
-
-    def __init__(self, n_in: int, n_out: int, device):
-        lo, hi, _ = _taps(n_in, n_out, "cpu")
-        matrix = interpolation_matrix(n_in, n_out)
-        rows = torch.arange(n_out)
-        w_lo, w_hi = matrix[rows, lo], torch.where(hi == lo, 0.0, matrix[rows, hi])
-        size = max(1, math.ceil(n_out / n_in))
-        corner, index = [], []
-        for k in range(n_in):
-            coords = (lo == k).nonzero().flatten().tolist()
-            for first in range(0, len(coords), size):
-                part = coords[first:first + size]
-                corner.append(k)
-                index.append(part + [-1] * (size - len(part)))
-        index = torch.tensor(index)
-        safe = index.clamp(min=0)
-        weights = torch.stack([w_lo[safe], w_hi[safe]], -1)
-        self.weights = torch.where(index[..., None] >= 0, weights, math.nan).to(device)  # NaN pads never pass
-        self.corner, self.first = torch.tensor(corner, device=device), index[:, 0].to(device)
-        self.index = index.to(device)
-
-
-def _neighbourhood_max(maps: torch.Tensor) -> torch.Tensor:
-    """``max(x[k:k+2, l:l+2])`` for every raw cell ``(k, l)`` of ``maps`` ``[..., h, w]``,
-    the last row and column replicated: an upper bound of every upsampled pixel whose
-    low taps are ``(k, l)`` (bilinear weights are convex)."""
-    rows = torch.empty_like(maps)
-    torch.maximum(maps[..., :-1, :], maps[..., 1:, :], out=rows[..., :-1, :])
-    rows[..., -1, :] = maps[..., -1, :]
-    both = torch.empty_like(maps)
-    torch.maximum(rows[..., :-1], rows[..., 1:], out=both[..., :-1])
-    both[..., -1] = rows[..., -1]
-    return both
-
-
-def _fused_sum(p: torch.Tensor, b: torch.Tensor, wb: torch.Tensor) -> torch.Tensor:
-    """float32 ``p + b * wb`` rounded once (a fused multiply-add), emulated exactly.
-
-    ``b * wb`` is exact in float64; the float64 sum is rounded again to float32, which
-    errs only when it lands exactly halfway between two float32 values: there the
-    float64 rounding error (TwoSum) says which way the exact sum lies."""
-    pd, q = p.double(), b.double() * wb.double()
-    s = pd + q
-    bb = s - pd
-    err = (pd - (s - bb)) + (q - bb)  # exact: s + err == p + b * wb
-    f = s.float()
-    toward = torch.where(s > f.double(), math.inf, -math.inf).float()
-    other = torch.nextafter(f, toward)
-    halfway = (err != 0) & (f.double() + other.double() == 2 * s)
-    if bool(halfway.any()):
-        fix = (err > 0) == (other > f)  # the exact sum lies on other's side of the midpoint
-        f = torch.where(halfway & fix, other, f)
-    return f
-
-
-def _interpolate(a, wa, b, wb, fused: bool) -> torch.Tensor:
-    """One tap pair ``a * wa + b * wb`` (float32, low tap first), rounded as a BLAS kernel
-    does: after each product (``fused=False``) or once per added term (``fused=True``)."""
-    if fused:
-        return _fused_sum(a * wa, b, wb)
-    return a * wa + b * wb
 
 
 class ActivePixels:
@@ -247,46 +173,6 @@ class ActivePixels:
             yield torch.cat(unit), self.positions.index_select(0, torch.cat(chosen)).long()
 
 
-class _PixelValues:
-    """Exact upsampled values at given (unit, flat global position) pairs, with the
-    rounding ``arithmetic`` of ``upsample`` (see ``_pick_arithmetic``)."""
-
-    def __init__(self, cache, size, units, arithmetic, ys: _AxisBlocks, xs: _AxisBlocks):
-        self.cache, self.size, self.units, self.arithmetic = cache, size, units, arithmetic
-        h, w = cache[0].shape[-2:]
-        device = cache[0].device
-        self.ylo, self.yhi, _ = _taps(h, size[0], device)
-        self.xlo, self.xhi, _ = _taps(w, size[1], device)
-        self.wy, self.wx = _dense_weights(ys, size[0]), _dense_weights(xs, size[1])
-        self.ends = torch.tensor([raw.shape[0] for raw in cache], device=device).cumsum(0)
-
-    def __call__(self, units: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        height, width = self.size
-        image, pixel = positions // (height * width), positions % (height * width)
-        batch = torch.bucketize(image, self.ends, right=True)
-        channel = units if self.units is None else self.units[units]
-        out = torch.empty(units.shape, device=units.device)
-        for b in batch.unique().tolist():
-            pick = (batch == b).nonzero().flatten()
-            first = int(self.ends[b]) - self.cache[b].shape[0]
-            out[pick] = self.local(self.cache[b], image[pick] - first, channel[pick], pixel[pick] // width,
-                                   pixel[pick] % width)
-        return out
-
-    def local(self, raw, image, channel, row, col) -> torch.Tensor:
-        """Values at ``raw[image, channel]`` upsampled, output pixel ``(row, col)``."""
-        y0, y1, x0, x1 = self.ylo[row], self.yhi[row], self.xlo[col], self.xhi[col]
-        wx0, wx1 = self.wx[col, 0], self.wx[col, 1]
-        first, second = self.arithmetic
-
-        def at(rows, cols):
-            return raw[image, channel, rows, cols].float()
-
-        top = _interpolate(at(y0, x0), wx0, at(y0, x1), wx1, first)
-        bottom = _interpolate(at(y1, x0), wx0, at(y1, x1), wx1, first)
-        return _interpolate(top, self.wy[row, 0], bottom, self.wy[row, 1], second)
-
-
 def exact_thresholds(cache: list[torch.Tensor], size: tuple[int, int], rank: int, units: torch.Tensor) -> torch.Tensor:
     """Exact rank-th largest upsampled value of the given units, streaming over the cache."""
     tv = TopValues(units.numel(), rank, device=cache[0].device)
@@ -297,37 +183,6 @@ def exact_thresholds(cache: list[torch.Tensor], size: tuple[int, int], rank: int
     return tv.result()
 
 
-_PLAIN = (False, False)  # float32 operations, one rounding per product and per sum
-
-
-def _pick_arithmetic(raw: torch.Tensor, size: tuple[int, int], ys: _AxisBlocks, xs: _AxisBlocks):
-    """Which rounding (``_interpolate``) each ``upsample`` matmul uses here, found by
-    reproducing ``upsample`` on ``raw`` ``[m, U, h, w]`` bit for bit; ``None`` if no
-    choice does (``collect`` then upsamples densely)."""
-    x = raw.float()
-    reference = upsample(x, size)
-    h, w = x.shape[-2:]
-    ylo, yhi, _ = _taps(h, size[0], x.device)
-    xlo, xhi, _ = _taps(w, size[1], x.device)
-    wy, wx = _dense_weights(ys, size[0]), _dense_weights(xs, size[1])
-    for first in (False, True):
-        rows = _interpolate(x[..., xlo], wx[:, 0], x[..., xhi], wx[:, 1], first)  # [m, U, h, W]
-        for second in (False, True):
-            wy0, wy1 = wy[:, 0, None], wy[:, 1, None]
-            dense = _interpolate(rows[..., ylo, :], wy0, rows[..., yhi, :], wy1, second)
-            if torch.equal(dense, reference):
-                return first, second
-    return None
-
-
-def _dense_weights(axis: _AxisBlocks, n_out: int) -> torch.Tensor:
-    """``[n_out, 2]`` (low, high) tap weights of every output coordinate."""
-    weights = torch.zeros(n_out, 2, device=axis.weights.device)
-    real = axis.index >= 0
-    weights[axis.index[real]] = axis.weights[real]
-    return weights
-
-
 def collect(cache: list[torch.Tensor], size: tuple[int, int], floors: torch.Tensor,
             units: torch.Tensor | None = None, cell_chunk: int = 1 << 15,
             chunk_elements: int = 1 << 22) -> ActivePixels:
@@ -335,11 +190,11 @@ def collect(cache: list[torch.Tensor], size: tuple[int, int], floors: torch.Tens
 
     Only blocks that can hold such a pixel are upsampled: a block's pixels interpolate
     the same 2x2 raw neighbourhood, so none exceeds its maximum (up to rounding,
-    covered by a margin). Blocks are computed as ``low + w_high * (high - low)`` per axis, whose
-    rounding may differ from ``upsample``'s by a few ulps (``slack``); pixels that
-    close to their floor are decided by their exact value (``_PixelValues``, with the
-    rounding of ``upsample``'s matmuls found on the first image by
-    ``_pick_arithmetic``). Where that rounding cannot be reproduced, maps are
+    covered by a margin). Blocks are computed as ``low + w_high * (high - low)`` per
+    axis, within a few ulps of ``upsample`` (``slack``: 1e-5 of the map's largest
+    magnitude); pixels that close to their floor are decided by their exact value
+    (``PixelValues``, with the rounding of ``upsample``'s matmuls that
+    ``pick_arithmetic`` found). Where that rounding cannot be reproduced, maps are
     upsampled densely. Units are processed a few at a time (``chunk_elements`` raw
     values of all images), so the kept pixels come out grouped by unit.
     """
@@ -350,9 +205,9 @@ def collect(cache: list[torch.Tensor], size: tuple[int, int], floors: torch.Tens
     h, w = cache[0].shape[-2:]
     device = cache[0].device
     channels = torch.arange(cache[0].shape[1], device=device) if units is None else units
-    ys, xs = _AxisBlocks(h, height, device), _AxisBlocks(w, width, device)
-    arithmetic = _pick_arithmetic(cache[0][:1, channels[:32]], size, ys, xs)
-    exact_at = None if arithmetic is None else _PixelValues(cache, size, units, arithmetic, ys, xs)
+    ys, xs = AxisBlocks(h, height, device), AxisBlocks(w, width, device)
+    arithmetic = pick_arithmetic((h, w), size, ys, xs, device)
+    exact_at = None if arithmetic is None else PixelValues(cache, size, units, arithmetic, ys, xs)
     floors = floors.float()
     slack = torch.zeros_like(floors)
     # Tables over block kinds s = (y block, x block): raw corner offsets, first output pixel.
@@ -371,7 +226,8 @@ def collect(cache: list[torch.Tensor], size: tuple[int, int], floors: torch.Tens
         maps = torch.empty(chosen.numel(), n_images, h, w, device=device)  # [u, n, h, w], unit-major
         first = 0
         for raw in cache:
-            maps[:, first:first + raw.shape[0]] = raw.index_select(1, chosen).transpose(0, 1)
+            part = raw[:, u0:u0 + step] if units is None else raw.index_select(1, chosen)
+            maps[:, first:first + raw.shape[0]] = part.transpose(0, 1)
             first += raw.shape[0]
         if exact_at is None:
             parts += _collect_dense(maps, size, floors[u0:u0 + step], u0, position_dtype)
@@ -380,7 +236,7 @@ def collect(cache: list[torch.Tensor], size: tuple[int, int], floors: torch.Tens
         near = 1e-5 * torch.maximum(high, -low).flatten()  # per map: bounds rounding differences
         slack[u0:u0 + step] = near.view(maps.shape[:2]).amax(1)
         level = floors[u0:u0 + step]
-        reach = _neighbourhood_max(maps)  # bounds the pixels of the cell's blocks, up to rounding
+        reach = neighbourhood_max(maps)  # bounds the pixels of the cell's blocks, up to rounding
         candidate = reach > (level[:, None] - near.view(maps.shape[:2]))[..., None, None]
         candidate = candidate.index_select(2, ys.corner).index_select(3, xs.corner)
         found = candidate.view(-1).nonzero().flatten()  # (map, kind) flat, grouped by unit
