@@ -9,13 +9,16 @@
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/dissect.py [--threads 1] [--n 256]
 
 Timings (wall clock and CPU time of this process) are the best of ``--repeat`` runs,
-forward and dissection interleaved, on ``--threads`` CPU threads (default 1). On a
-shared machine both are disturbed; compare figures from the same run.
+forward and dissection interleaved, on ``--threads`` CPU threads (default 1), after
+one warm-up call of each; (a) also gives the median and range of the CPU-time ratio
+of each round (forward and dissection back to back). On a shared machine all are
+disturbed; compare figures from the same run.
 """
 from __future__ import annotations
 
 import argparse
 import math
+import statistics
 import time
 
 import torch
@@ -55,12 +58,16 @@ def bench_ratio(n, batch_size, layers, repeat):
                 segmenter.segment(generator(z[i:i + batch_size]))
 
     forward_only()  # warm up
+    dissect(generator, layers, segmenter, inputs=z, batch_size=batch_size)  # warm up (one-time probes)
     t_forward, t_quantile = (math.inf, math.inf), (math.inf, math.inf)
+    rounds = []  # (forward, dissect) CPU seconds measured back to back
     for _ in range(repeat):  # interleaved, best of each: the machine may be shared
         f = best_of(1, forward_only)
         d = best_of(1, lambda: dissect(generator, layers, segmenter, inputs=z, batch_size=batch_size))
         t_forward = tuple(map(min, t_forward, f))
         t_quantile = tuple(map(min, t_quantile, d))
+        rounds.append((f[1], d[1]))
+    per_round = sorted(d / f for f, d in rounds)
     t_iqr = best_of(1, lambda: dissect(generator, layers, segmenter, inputs=z, batch_size=batch_size,
                                        threshold="iqr", iqr_inputs=z))
     units = {name: tuple(s) for name, s in generator.featuremap_shapes().items() if name in layers}
@@ -68,7 +75,8 @@ def bench_ratio(n, batch_size, layers, repeat):
     print(f"    generator + segmenter forward : {_fmt(t_forward, n)}")
     print(f"    dissect, quantile mode        : {_fmt(t_quantile, n)}")
     print(f"    ratio (goal <= 1.25)          : wall {t_quantile[0] / t_forward[0]:.2f}, "
-          f"cpu {t_quantile[1] / t_forward[1]:.2f}")
+          f"cpu {t_quantile[1] / t_forward[1]:.2f} (best of each); cpu per round: median "
+          f"{statistics.median(per_round):.2f}, range {per_round[0]:.2f}-{per_round[-1]:.2f}")
     print(f"    dissect, iqr mode             : {_fmt(t_iqr, n)}, ratio wall {t_iqr[0] / t_forward[0]:.2f} "
           "(iqr sample and main sample both go through the generator)")
 
@@ -134,7 +142,7 @@ def main():
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--layers", default="layer2,layer3")
     parser.add_argument("--tally-images", type=int, default=64)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} thread(s)")
