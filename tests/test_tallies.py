@@ -264,3 +264,58 @@ def test_add_active_counts_listed_pixels_like_brute_force(per_image_limit, monke
             assert tally.active_in_category[u, k] == on[u][shows[:, k]].sum()
         for c in range(1, len(CATS)):
             assert tally.intersection[u, c] == (on[u] & (labels == c).any(1)).sum()
+
+
+def _round_to_float32(x) -> float:
+    """Exact rational ``x`` rounded once to float32 (nearest, ties to even)."""
+    from fractions import Fraction
+    guess = torch.tensor(float(x), dtype=torch.float32)
+    near = [torch.nextafter(guess, torch.tensor(-math.inf)), guess, torch.nextafter(guess, torch.tensor(math.inf))]
+    best = min(near, key=lambda c: (abs(Fraction(float(c)) - x), int(c.view(torch.int32)) & 1))
+    return float(best)
+
+
+def test_fused_sum_rounds_once_like_a_fused_multiply_add():
+    from fractions import Fraction
+    from gan_monitor.upsample_blocks import fused_sum
+    gen = torch.Generator().manual_seed(12)
+    p = torch.randn(3000, generator=gen) * torch.logspace(-3, 3, 3000)
+    b = torch.randn(3000, generator=gen)
+    wb = torch.rand(3000, generator=gen)
+    p[:1000] = (b[:1000] * wb[:1000]).neg() * 0.999  # cancellation
+    got = fused_sum(p, b, wb)
+    for i in range(0, 3000, 7):
+        exact = Fraction(float(p[i])) + Fraction(float(b[i])) * Fraction(float(wb[i]))
+        assert float(got[i]) == _round_to_float32(exact)
+
+
+@pytest.mark.parametrize("shape,size", [((8, 8), (64, 64)), ((16, 16), (64, 64)), ((5, 7), (13, 10)),
+                                        ((6, 6), (6, 6)), ((9, 4), (5, 3))])
+@pytest.mark.parametrize("dense", [False, True])
+def test_collect_kth_and_above_are_exact_on_every_path(shape, size, dense, monkeypatch):
+    import gan_monitor.upsample_blocks as blocks
+    if dense:  # as if upsample's rounding could not be reproduced: the dense fallback
+        monkeypatch.setattr(blocks, "_ARITHMETIC", {(*shape, *size, "cpu"): None})
+    gen = torch.Generator().manual_seed(13)
+    x = torch.randn(12, 4, *shape, generator=gen) * 3
+    x[:, 1] = torch.relu(x[:, 1])  # ties at zero
+    x[:, 2] = torch.round(x[:, 2])  # few distinct values
+    dense_maps = upsample(x, size).flatten(2)  # [N, U, P]
+    per_unit = dense_maps.transpose(0, 1).flatten(1)
+    floors = torch.stack([per_unit[u].kthvalue(int(per_unit.shape[1] * f)).values
+                          for u, f in enumerate([0.9, 0.5, 0.95, 0.7])])
+    kept = collect([x[:5], x[5:]], size, floors)
+    pixels = size[0] * size[1]
+    for u in range(4):
+        image, pixel = (dense_maps[:, u] > floors[u]).nonzero(as_tuple=True)
+        assert sorted(kept.positions_of(u).tolist()) == sorted((image * pixels + pixel).tolist())
+    for rank in (1, 7, 40):
+        t, exact = kept.kth_largest(rank)
+        for u in range(4):
+            if exact[u]:
+                assert t[u] == per_unit[u].sort(descending=True).values[rank - 1]
+        level = torch.where(exact, t, torch.full_like(t, math.inf))
+        got = {(int(u), int(p)) for units, pos in kept.above(level) for u, p in zip(units, pos)}
+        want = {(u, int(p)) for u in range(4) if exact[u]
+                for p in (dense_maps[:, u].flatten() > level[u]).nonzero().flatten()}
+        assert got == want
