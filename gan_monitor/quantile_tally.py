@@ -146,31 +146,19 @@ class ActivePixels:
 
     def above(self, thresholds: torch.Tensor):
         """Yield ``(units, positions)`` (long) of the kept pixels whose exact value is
-        strictly above ``thresholds`` (at or above their floors)."""
-        levels, slack = thresholds.tolist(), self.slack.tolist()
-        units, chosen, unsure = [], [], []
-        for u, first, stop in self._segments():
-            level, d = levels[u], slack[u]
-            if level == math.inf:
-                continue
-            part = self.values[first:stop]
-            if self.exact_at is not None:  # within d of the level: the exact value decides
-                close = ((part > level - d) & (part <= level + d)).nonzero().flatten() + first
-                if close.numel():
-                    unsure.append((u, close))
-            chosen.append((part > level + d).nonzero().flatten() + first)
-            units.append(u)
-        device = self.values.device
-        counts = torch.tensor([c.numel() for c in chosen], dtype=torch.long, device=device)
-        unit = [torch.repeat_interleave(torch.tensor(units, dtype=torch.long, device=device), counts)]
-        if unsure:
-            index = torch.cat([close for _, close in unsure])
-            level = torch.cat([thresholds[u].expand(close.numel()) for u, close in unsure])
-            index = index[self._exact(index) > level]
-            chosen.append(index)
-            unit.append(self.unit.index_select(0, index).long())
-        if chosen:
-            yield torch.cat(unit), self.positions.index_select(0, torch.cat(chosen)).long()
+        strictly above ``thresholds`` (at or above their floors; ``inf`` skips a unit)."""
+        low = torch.repeat_interleave(thresholds.float() - self.slack, self.stored)  # per kept pixel
+        if self.exact_at is None:
+            chosen = (self.values > low).nonzero().flatten()
+        else:  # within slack of the level: the exact value decides
+            high = torch.repeat_interleave(thresholds.float() + self.slack, self.stored)
+            chosen = (self.values > high).nonzero().flatten()
+            close = ((self.values > low) & (self.values <= high)).nonzero().flatten()
+            if close.numel():
+                level = torch.repeat_interleave(thresholds.float(), self.stored).index_select(0, close)
+                chosen = torch.cat([chosen, close[self._exact(close) > level]])
+        if chosen.numel():
+            yield self.unit.index_select(0, chosen).long(), self.positions.index_select(0, chosen).long()
 
 
 def exact_thresholds(cache: list[torch.Tensor], size: tuple[int, int], rank: int, units: torch.Tensor) -> torch.Tensor:
