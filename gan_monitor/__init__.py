@@ -11,6 +11,9 @@ _LAZY = {
     "Edit": "gan_monitor.tracing",
     "Segmenter": "gan_monitor.segmenters",
     "DissectionMonitor": "gan_monitor.callback",
+    "DissectionMonitorPL": "gan_monitor.callback",
+    "upsample": "gan_monitor.dissection",
+    "layer_names": "gan_monitor.tracing",
     "per_unit_fid": "gan_monitor.fid",
     "artifact_ablation": "gan_monitor.fid",
 }
