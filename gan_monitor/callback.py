@@ -3,7 +3,7 @@
 Thin glue: scheduling, held-out inputs, checkpoint state and error policy live
 here; the numbers come from :func:`gan_monitor.dissection.dissect`, the pictures
 from :mod:`gan_monitor.unit_images`/:mod:`gan_monitor.visualize` and the logging
-from :mod:`gan_monitor.sinks`.
+from :mod:`gan_monitor.sinks`; per-unit FID from :mod:`gan_monitor.fid_schedule`.
 
 Two classes share one implementation: :class:`DissectionMonitor` for
 ``lightning.pytorch`` and :class:`DissectionMonitorPL` for ``pytorch_lightning``
@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from .fid_schedule import FID_DOC, UnitFIDSchedule
 from .held_out import HeldOutSample
 
 __all__ = ["DissectionMonitor", "DissectionMonitorPL"]
@@ -67,6 +68,9 @@ class _MonitorLogic:
         log_images: bool = True,
         strict: bool = False,
         dissect_options: dict[str, Any] | None = None,
+        fid_real_stats=None, fid_extractor=None, fid_k: int = 50, fid_layers: Sequence[str] | None = None,
+        fid_every_n_steps: int | None = None, fid_every_n_epochs: int | None = None, max_unit_fid: float | None = None,
+        artifact_ablation_on_save: bool = False, artifact_units: int = 20, artifact_random_draws: int = 3,
     ):
         from .segmenters import validate_segmenter
         from .sinks import DissectionWriter
@@ -124,6 +128,10 @@ class _MonitorLogic:
         self.strict = bool(strict)
         self.dissect_options = _check_dissect_options(dissect_options)
         self._writer = DissectionWriter(log_images=log_images, top_units=top_units)
+        self.unit_fid = UnitFIDSchedule(  # per-unit FID, artifact ablation; off without fid_real_stats
+            self, fid_real_stats, fid_extractor, k=fid_k, layers=fid_layers, every_n_steps=fid_every_n_steps,
+            every_n_epochs=fid_every_n_epochs, ablation_on_save=artifact_ablation_on_save,
+            artifact_units=artifact_units, random_draws=artifact_random_draws, max_unit_fid=max_unit_fid)
         # state kept in checkpoints
         self.batches_seen = 0  # training batches completed (not optimizer steps)
         self.last_step: int | None = None  # logger step of the last dissection
@@ -162,6 +170,7 @@ class _MonitorLogic:
             "failures": self.failures,
             # what rebuilds the held-out inputs, and a checksum to verify them
             "inputs": self.sample.state_dict(),
+            "unit_fid": self.unit_fid.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -170,12 +179,14 @@ class _MonitorLogic:
         self.history = [dict(h) for h in state.get("history", [])]
         self.failures = int(state.get("failures", 0))
         self.sample.load_state_dict(state.get("inputs", {}))
+        self.unit_fid.load_state_dict(state.get("unit_fid"))
 
     # ---- Lightning hooks ------------------------------------------------------------
     def setup(self, trainer, pl_module, stage: str | None = None) -> None:
         if stage not in (None, "fit"):
             return
         self.resolve_generator(pl_module)  # raises now, before training starts
+        self.unit_fid.setup(self, pl_module)
 
     def on_train_start(self, trainer, pl_module) -> None:
         if self._skip(trainer) or not self.dissect_on_train_start:
@@ -187,16 +198,22 @@ class _MonitorLogic:
         if trainer.sanity_checking:
             return
         self.batches_seen += 1
-        if self._skip(trainer) or self.every_n_steps is None:
+        if self._skip(trainer):
             return
-        if self.batches_seen % self.every_n_steps == 0:
+        self.unit_fid.after_batch(self, trainer, pl_module)  # first: a dissection at this batch uses its FIDs
+        if self.every_n_steps is not None and self.batches_seen % self.every_n_steps == 0:
             self._dissect(trainer, pl_module, self._log_step(trainer, after_batch=True))
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        if self._skip(trainer) or self.every_n_epochs is None:
+        if self._skip(trainer):
             return
-        if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+        self.unit_fid.epoch_end(self, trainer, pl_module)
+        if self.every_n_epochs is not None and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
             self._dissect(trainer, pl_module, self._log_step(trainer, after_batch=False))
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        if not self._skip(trainer):
+            self.unit_fid.on_save(self, trainer, pl_module)
 
     # ---- the work --------------------------------------------------------------------
     def resolve_generator(self, pl_module) -> nn.Module:
@@ -275,6 +292,7 @@ class _MonitorLogic:
             "step": step, "batches": self.batches_seen, "epoch": int(trainer.current_epoch),
             "layers": {name: _scalars(ld.summary) for name, ld in result.items()},
             "seconds": round(time.perf_counter() - started, 3),
+            **({"unit_fid_step": self.unit_fid.last_step} if self.unit_fid.max_unit_fid is not None else {}),
         })
 
     def _measure(self, trainer, pl_module, device):
@@ -287,7 +305,7 @@ class _MonitorLogic:
             generator, self.layers, self.segmenter, inputs=inputs, n=self.sample.n,
             seed=self.sample.seed, input_fn=self.sample.input_fn, threshold=self.threshold,
             quantile=self.quantile, iou=self.iou, cutoff=self.cutoff, batch_size=self.batch_size,
-            device=device, topk=self.top_images, **self.dissect_options,
+            device=device, topk=self.top_images, **self.dissect_options, **self.unit_fid.dissect_filter(),
         )
         examples = None
         if self.log_images and self._writer.rich_loggers(trainer.loggers):
@@ -360,7 +378,7 @@ _DOC = """Dissect generator layers during training and log what emerges.
 
 
 def _make_class(callback_base: type, name: str) -> type:
-    cls = type(name, (_MonitorLogic, callback_base), {"__doc__": _DOC, "__module__": __name__})
+    cls = type(name, (_MonitorLogic, callback_base), {"__doc__": _DOC + FID_DOC, "__module__": __name__})
     return cls
 
 

@@ -1,0 +1,209 @@
+"""Per-unit FID and the artifact ablation inside DissectionMonitor (gan_monitor.fid_schedule):
+a tiny toy GAN trained with TensorBoard and checkpoints, the logged values against
+direct gan_monitor.fid calls on the same held-out inputs, schedules, failures, arguments."""
+from __future__ import annotations
+
+import io
+import math
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from gan_monitor.callback import DissectionMonitor
+from gan_monitor.features import ModuleFeatures, RealStats
+from gan_monitor.fid import artifact_ablation, per_unit_fid_layers
+from gan_monitor.inputs import make_inputs
+from gan_monitor.toyworld.gan import ToyGAN
+
+torch.set_num_threads(1)
+
+TINY = dict(latent_dim=16, image_size=32, g_channels=(32, 16, 8), d_channels=(8, 16, 32),
+            batch_size=4, num_scenes=12)  # 3 batches per epoch; layer2: 16 units, layer3: 8 units
+N, SEED, K = 40, 5, 10
+LAYERS = ["layer2", "layer3"]
+
+
+class ColorSegmenter:
+    """Labels every pixel by its dominant colour channel (cheap; independent of the toy world)."""
+
+    concepts = ["-", "red", "green", "blue"]
+    categories = ["-", "color", "color", "color"]
+
+    def segment(self, images):
+        return images.argmax(dim=1) + 1
+
+
+def pooled_extractor():
+    """12-d features: 2x2 average pooling of the RGB image (small d, so few real images suffice)."""
+    return ModuleFeatures(nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten()), name="avgpool2x2")
+
+
+@pytest.fixture(scope="module")
+def real_stats():
+    from gan_monitor.toyworld.scenes import render_scenes
+
+    scenes, _ = render_scenes(60, seed=21, size=32)
+    return RealStats.from_images(scenes.split(30), pooled_extractor(), source="toy scenes n=60")
+
+
+class RaisingExtractor:
+    name = "avgpool2x2"
+
+    def __call__(self, images):
+        raise RuntimeError("extractor exploded")
+
+
+def monitor(stats, **kw):
+    args = dict(n=N, seed=SEED, batch_size=20, top_units=2, top_images=2, every_n_steps=None, every_n_epochs=1,
+                on_train_start=False, fid_real_stats=stats, fid_extractor=pooled_extractor(), fid_k=K,
+                fid_every_n_steps=2)
+    args.update(kw)
+    return DissectionMonitor(args.pop("layers", LAYERS), ColorSegmenter(), **args)
+
+
+def fit(callbacks, root=None, logger=False, checkpoint=False, max_epochs=2):
+    pl.seed_everything(0, verbose=False)
+    model = ToyGAN(**TINY)
+    pl.Trainer(max_epochs=max_epochs, accelerator="cpu", callbacks=list(callbacks), logger=logger,
+               enable_checkpointing=checkpoint, enable_progress_bar=False, enable_model_summary=False,
+               log_every_n_steps=1, default_root_dir=root).fit(model)
+    return model
+
+
+def read_events(log_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ea = EventAccumulator(str(log_dir), size_guidance={k: 0 for k in (
+        "compressedHistograms", "images", "audio", "scalars", "histograms", "tensors")})
+    ea.Reload()
+    return ea
+
+
+def test_toygan_logs_unit_fid_and_ablation_at_checkpoints(tmp_path, real_stats):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    logger = TensorBoardLogger(str(tmp_path), name="tb", version=0)
+    mon = monitor(real_stats, artifact_ablation_on_save=True, artifact_units=3, artifact_random_draws=2)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1)
+    model = fit([mon, ckpt], tmp_path, logger=logger, checkpoint=True)  # 2 epochs x 3 batches
+    assert mon.failures == 0 and mon.unit_fid.failures == 0
+    assert len(list((tmp_path / "ckpt").glob("*.ckpt"))) == 2
+    ea = read_events(logger.log_dir)
+    fid_steps, save_steps = [2, 4, 6], [3, 6]  # every 2nd batch; checkpoints at the ends of epochs
+    assert mon.unit_fid.steps == fid_steps and mon.unit_fid.ablation_steps == save_steps
+    assert [h["step"] for h in mon.history] == save_steps  # dissections (epoch ends) unaffected
+
+    # the logged numbers are those of a direct computation on the same held-out inputs
+    inputs = make_inputs(model.generator, N, SEED)
+    direct = per_unit_fid_layers(model.generator, LAYERS, k=K, real_stats=real_stats, extractor=pooled_extractor(),
+                                 inputs=inputs, batch_size=7)
+    for layer, units in (("layer2", 16), ("layer3", 8)):
+        fid = direct[layer].fid
+        torch.testing.assert_close(mon.unit_fid.fids[layer], fid, rtol=1e-9, atol=1e-9)
+        hist = ea.Histograms(f"gan_monitor/{layer}/unit_fid")
+        assert [h.step for h in hist] == fid_steps
+        last = hist[-1].histogram_value
+        assert last.num == units and math.isclose(last.min, float(fid.min()), rel_tol=1e-9)
+        assert math.isclose(last.max, float(fid.max()), rel_tol=1e-9)
+        assert math.isclose(last.sum, float(fid.sum()), rel_tol=1e-9)
+        for name, value in (("fid_max", fid.max()), ("fid_median", fid.median())):
+            events = ea.Scalars(f"gan_monitor/{layer}/{name}")
+            assert [e.step for e in events] == fid_steps
+            assert math.isclose(events[-1].value, float(value), rel_tol=1e-5)
+        images = ea.Images(f"gan_monitor/{layer}/artifact_units")
+        assert [i.step for i in images] == fid_steps
+        pic = Image.open(io.BytesIO(images[-1].encoded_image_string))
+        pic.load()
+        assert pic.size == (images[-1].width, images[-1].height) and pic.height > 2 * 32  # 2 unit rows
+
+        # the three ablation values; the last save used the FIDs of batch 6 = the final generator
+        top3 = torch.argsort(fid, descending=True, stable=True)[:3].tolist()
+        table = artifact_ablation(model.generator, layer, top3, real_stats=real_stats, extractor=pooled_extractor(),
+                                  inputs=inputs, n_random_draws=2, random_seed=SEED, batch_size=13)
+        assert math.isclose(table.before, direct[layer].pool_fid, rel_tol=1e-9)  # unchanged = whole pool
+        for name, value in (("before", table.before), ("artifacts_ablated", table.ablated),
+                            ("random_ablated", table.random_mean)):
+            events = ea.Scalars(f"gan_monitor/{layer}/fid_{name}")
+            assert [e.step for e in events] == save_steps
+            assert all(math.isfinite(e.value) for e in events)
+            assert math.isclose(events[-1].value, value, rel_tol=1e-5), (layer, name)
+        assert mon.unit_fid.last_ablation[layer].units == top3
+        texts = ea.Tensors(f"gan_monitor/{layer}/artifact_ablation/text_summary")
+        assert [t.step for t in texts] == save_steps
+        assert "3 artifact units ablated" in texts[-1].tensor_proto.string_val[0].decode()
+
+    # the checkpoint keeps the FIDs' step and values (small), and loads with weights_only
+    saved = torch.load(sorted((tmp_path / "ckpt").glob("*.ckpt"))[-1], weights_only=True)
+    (state,) = [v for k, v in saved["callbacks"].items() if k.startswith("DissectionMonitor")]
+    assert state["unit_fid"]["last_step"] == 6 and state["unit_fid"]["last_batches"] == 6
+    resumed = monitor(real_stats)
+    resumed.load_state_dict(state)
+    torch.testing.assert_close(resumed.unit_fid.fids["layer3"], direct["layer3"].fid)
+
+
+def test_epoch_schedule_and_unrealistic_unit_filter(real_stats):
+    mon = monitor(real_stats, every_n_steps=2, fid_every_n_steps=None, fid_every_n_epochs=1,
+                  fid_layers=LAYERS + ["layer1"], max_unit_fid=1e-9)
+    fit([mon])
+    assert mon.unit_fid.steps == [3, 6] and mon.unit_fid.layers == LAYERS + ["layer1"]
+    # dissections at batches 2, 4, 6: before the first FIDs no filter; after, every unit's FID > 1e-9
+    assert [h["step"] for h in mon.history] == [2, 4, 6]
+    assert [h["unit_fid_step"] for h in mon.history] == [None, 3, 3]
+    for layer in LAYERS:
+        assert "unrealistic" in mon.last_result[layer].extras
+        assert all(mon.last_result[layer].extras["unrealistic"])
+        assert mon.history[-1]["layers"][layer]["interpretable_units"] == 0
+        assert mon.last_result[layer].settings["max_unit_fid"] == 1e-9
+
+
+def test_failing_extractor_warns_once_and_strict_raises(real_stats):
+    mon = monitor(real_stats, fid_extractor=RaisingExtractor())
+    with pytest.warns(UserWarning, match="extractor exploded") as record:
+        fit([mon])
+    assert sum("per-unit FID at step" in str(w.message) for w in record) == 1
+    assert mon.unit_fid.failures == 3 and mon.unit_fid.fids == {} and mon.unit_fid.steps == []
+    assert mon.failures == 0 and [h["step"] for h in mon.history] == [3, 6]  # dissections still ran
+    with pytest.raises(RuntimeError, match="extractor exploded"):
+        fit([monitor(real_stats, fid_extractor=RaisingExtractor(), strict=True)])
+
+
+def test_unusable_real_stats_fail_in_setup(real_stats):
+    other = RealStats(real_stats.mean, real_stats.cov, real_stats.count, "another-extractor")
+    with pytest.raises(ValueError, match="another-extractor"):
+        fit([monitor(other)])
+    with pytest.raises(ValueError, match="fid_layers 'layer9'"):
+        fit([monitor(real_stats, fid_layers=["layer9"])])
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(fid_real_stats=None, artifact_ablation_on_save=True), "artifact_ablation_on_save need"),
+    (dict(fid_real_stats=None, max_unit_fid=5.0), "max_unit_fid need"),
+    (dict(fid_real_stats=None, fid_every_n_steps=3), "fid_every_n_steps need"),
+    (dict(fid_real_stats="stats.pt"), "RealStats"),
+    (dict(fid_every_n_steps=None), "not scheduled"),
+    (dict(fid_every_n_steps=0), "fid_every_n_steps"),
+    (dict(fid_k=1), "fid_k"),
+    (dict(fid_k=N + 1), "held-out"),
+    (dict(fid_layers=[]), "fid_layers"),
+    (dict(artifact_units=0), "artifact_units"),
+    (dict(artifact_random_draws=0), "artifact_random_draws"),
+    (dict(max_unit_fid=-1.0), "max_unit_fid"),
+    (dict(max_unit_fid=5.0, fid_layers=["layer2"]), "lacks"),
+    (dict(max_unit_fid=5.0, dissect_options={"max_unit_fid": 3.0, "unit_fid": {}}), "one or the other"),
+    (dict(fid_extractor=42), "extractor"),
+])
+def test_bad_fid_arguments_are_rejected_in_init(real_stats, kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        monitor(real_stats, **kwargs)
+
+
+def test_feature_off_by_default_adds_no_work():
+    mon = DissectionMonitor(LAYERS, ColorSegmenter(), n=8, every_n_steps=None, every_n_epochs=1,
+                            on_train_start=False, batch_size=8)
+    assert not mon.unit_fid.enabled and mon.unit_fid.extractor is None
+    assert mon.unit_fid.dissect_filter() == {}
+    assert "fid_k" in type(mon).__doc__ and "fixed for the whole run" in type(mon).__doc__
