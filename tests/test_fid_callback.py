@@ -160,6 +160,23 @@ def test_epoch_schedule_and_unrealistic_unit_filter(real_stats):
         assert mon.last_result[layer].settings["max_unit_fid"] == 1e-9
 
 
+def test_training_bit_identical_with_fid_and_one_ablation_per_save_step(tmp_path, real_stats):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    def run(with_monitor):
+        mon = monitor(real_stats, fid_every_n_steps=1, artifact_ablation_on_save=True, artifact_units=2,
+                      artifact_random_draws=1)
+        ckpt = ModelCheckpoint(dirpath=tmp_path / str(with_monitor), save_top_k=-1, every_n_epochs=1, save_last=True)
+        model = fit([mon, ckpt] if with_monitor else [ckpt], tmp_path, checkpoint=True)
+        return mon, {k: v.clone() for k, v in model.generator.state_dict().items()}
+
+    mon, weights = run(True)
+    _, plain = run(False)
+    assert mon.unit_fid.steps == [1, 2, 3, 4, 5, 6] and mon.unit_fid.ablation_steps == [3, 6]  # once per step
+    assert weights.keys() == plain.keys()
+    assert all(torch.equal(weights[k], plain[k]) for k in weights), "the monitor changed training"
+
+
 def test_failing_extractor_warns_once_and_strict_raises(real_stats):
     mon = monitor(real_stats, fid_extractor=RaisingExtractor())
     with pytest.warns(UserWarning, match="extractor exploded") as record:
