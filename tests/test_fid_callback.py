@@ -84,12 +84,14 @@ def read_events(log_dir):
 
 def test_toygan_logs_unit_fid_and_ablation_at_checkpoints(tmp_path, real_stats):
     from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import TensorBoardLogger
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     logger = TensorBoardLogger(str(tmp_path), name="tb", version=0)
+    csv_logger = CSVLogger(str(tmp_path), name="csv", version=0)
     mon = monitor(real_stats, artifact_ablation_on_save=True, artifact_units=3, artifact_random_draws=2)
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1)
-    model = fit([mon, ckpt], tmp_path, logger=logger, checkpoint=True)  # 2 epochs x 3 batches
+    with pytest.warns(UserWarning, match="CSVLogger cannot show images"):
+        model = fit([mon, ckpt], tmp_path, logger=[logger, csv_logger], checkpoint=True)  # 2 epochs x 3 batches
     assert mon.failures == 0 and mon.unit_fid.failures == 0
     assert len(list((tmp_path / "ckpt").glob("*.ckpt"))) == 2
     ea = read_events(logger.log_dir)
@@ -135,6 +137,15 @@ def test_toygan_logs_unit_fid_and_ablation_at_checkpoints(tmp_path, real_stats):
         texts = ea.Tensors(f"gan_monitor/{layer}/artifact_ablation/text_summary")
         assert [t.step for t in texts] == save_steps
         assert "3 artifact units ablated" in texts[-1].tensor_proto.string_val[0].decode()
+
+    # scalars reach every logger
+    import csv
+
+    with open(f"{csv_logger.log_dir}/metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    for name, steps in (("fid_max", fid_steps), ("fid_artifacts_ablated", save_steps)):
+        col = f"gan_monitor/layer3/{name}"
+        assert [int(r["step"]) for r in rows if r.get(col)] == steps
 
     # the checkpoint keeps the FIDs' step and values (small), and loads with weights_only
     saved = torch.load(sorted((tmp_path / "ckpt").glob("*.ckpt"))[-1], weights_only=True)
