@@ -144,7 +144,8 @@ class UnitFIDSchedule:
             try:
                 resolve_layer(generator, name)
             except Exception as err:
-                raise ValueError(f"DissectionMonitor: fid_layers {name!r} is not a layer of the generator ({err}).") from err
+                raise ValueError(f"DissectionMonitor: fid_layers {name!r} is not a layer of the generator "
+                                 f"({err}).") from err
         self.real_stats.check_usable(self.extractor.name, int(getattr(self.extractor, "dim", self.real_stats.dim)))
 
     def after_batch(self, monitor, trainer, pl_module) -> None:
