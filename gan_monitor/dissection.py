@@ -47,7 +47,7 @@ from .quantile_tally import collect, exact_thresholds, guess_floors, interpolate
 from .tallies import (LayerTally, TopSamples, category_index, concept_presence, dedupe_labels, encode_segmentation,
                       image_chunks, upsample)
 from .thresholds import LevelTally, PixelSubsample, level_fractions, quantile_rank, score_levels
-from .tracing import Trace, _as_layer_list, resolve_layer
+from .tracing import Trace, _as_layer_list, eval_mode, resolve_layer
 
 __all__ = ["dissect", "upsample", "DissectionResult", "LayerDissection", "IQR_SEED_OFFSET"]
 
@@ -64,24 +64,6 @@ def _module_device(module: Any) -> torch.device:
         for t in module.buffers():
             return t.device
     return torch.device("cpu")
-
-
-class _EvalMode:
-    """Put modules in eval mode; restore every submodule's training flag on exit."""
-
-    def __init__(self, *objects: Any):
-        self.modules = [m for o in objects if isinstance(o, nn.Module) for m in o.modules()]
-
-    def __enter__(self):
-        self.flags = [m.training for m in self.modules]
-        for m in self.modules:
-            m.training = False
-        return self
-
-    def __exit__(self, *exc):
-        for m, flag in zip(self.modules, self.flags):
-            m.training = flag
-        return False
 
 
 class _Sampler:
@@ -330,7 +312,7 @@ def dissect(generator: nn.Module, layers: str | Iterable[str], segmenter, *, inp
     sampler = _Sampler(generator, segmenter, layers, batch_size, device, progress)
     extras: dict[str, dict[str, Any]] = {name: {} for name in layers}
     labels: dict[str, torch.Tensor] = {}
-    with _EvalMode(generator, segmenter), torch.no_grad():
+    with eval_mode(generator, segmenter), torch.no_grad():
         if threshold == "quantile":
             thresholds, tallies, samples = _quantile_pass(sampler, inputs, layers, quantile, topk, seed, settings)
         else:

@@ -36,8 +36,7 @@ from tqdm.auto import tqdm
 from .features import RealStats, as_extractor, extract_features
 from .inputs import call_generator, iterate_batches, make_inputs, num_samples
 from .tallies import TopSamples
-from .tracing import Edit, Trace, _as_layer_list, resolve_layer
-from .unit_images import eval_mode
+from .tracing import Edit, Trace, _as_layer_list, eval_mode, resolve_layer
 
 __all__ = ["sqrtm_psd", "frechet_distance", "unit_frechet_distances", "UnitFID", "per_unit_fid",
            "per_unit_fid_layers", "ArtifactAblation", "artifact_ablation", "unrealistic_units"]

@@ -52,8 +52,8 @@ def artifact_examples(generator: nn.Module, result: UnitFID, n_units: int = 8, n
     """``[(unit, images [n_images, 3, H, W]), ...]`` for the ``n_units`` highest-FID units:
     their top-activating pool images, generated again from the pool's inputs
     (``result.inputs`` unless ``inputs`` is given)."""
-    from .inputs import call_generator, move_inputs
-    from .unit_images import eval_mode, select_inputs
+    from .inputs import call_generator, index_inputs, move_inputs
+    from .tracing import eval_mode
 
     inputs = result.inputs if inputs is None else inputs
     if inputs is None:
@@ -66,7 +66,7 @@ def artifact_examples(generator: nn.Module, result: UnitFID, n_units: int = 8, n
     index, position = torch.unique(wanted.flatten(), return_inverse=True)
     position = position.view(len(units), n_images)
     with eval_mode(generator):
-        images = call_generator(generator, move_inputs(select_inputs(inputs, index), device))
+        images = call_generator(generator, move_inputs(index_inputs(inputs, index), device))
     images = images.detach().float().cpu()
     return [(u, images[position[row]]) for row, u in enumerate(units)]
 

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
-__all__ = ["infer_latent_shape", "default_input_fn", "make_inputs", "num_samples",
+__all__ = ["infer_latent_shape", "default_input_fn", "make_inputs", "num_samples", "index_inputs",
            "slice_inputs", "move_inputs", "call_generator", "iterate_batches"]
 
 InputFn = Callable[[int, torch.Generator], Any]
@@ -113,6 +113,11 @@ def _map(inputs: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
     if isinstance(inputs, dict):
         return {k: one(v) for k, v in inputs.items()}
     raise TypeError(f"unsupported generator inputs of type {type(inputs).__name__}.")
+
+
+def index_inputs(inputs: Any, index: torch.Tensor) -> Any:
+    """Samples ``index`` (a LongTensor) of every tensor (along dim 0); other entries kept."""
+    return _map(inputs, lambda t: t[index.to(t.device)])
 
 
 def slice_inputs(inputs: Any, start: int, stop: int) -> Any:

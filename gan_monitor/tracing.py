@@ -18,12 +18,29 @@ resolution and ``k`` the value forced (0 ablates; a per-unit mean activation ins
 """
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
 
-__all__ = ["layer_names", "resolve_layer", "Trace", "Edit", "StopForward"]
+__all__ = ["layer_names", "resolve_layer", "eval_mode", "Trace", "Edit", "StopForward"]
+
+
+@contextmanager
+def eval_mode(*objects: Any) -> Iterator[None]:
+    """Put every ``nn.Module`` among ``objects`` in eval mode (other objects are
+    ignored) and restore every submodule's own training flag on exit, so a
+    measurement never changes a model's mode or BatchNorm statistics."""
+    modules = [m for o in objects if isinstance(o, nn.Module) for m in o.modules()]
+    flags = [m.training for m in modules]
+    for m in modules:
+        m.training = False
+    try:
+        yield
+    finally:
+        for m, flag in zip(modules, flags):
+            m.training = flag
 
 
 def layer_names(model: nn.Module) -> list[str]:

@@ -7,44 +7,12 @@ The dissection keeps, per unit, the indices of its top-activating samples
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
-__all__ = ["eval_mode", "select_inputs", "top_unit_examples"]
-
-
-@contextmanager
-def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
-    """Put ``module`` in eval mode; restore every submodule's own flag afterwards."""
-    flags = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        yield module
-    finally:
-        for m, flag in flags:
-            m.training = flag
-
-
-def select_inputs(inputs: Any, index: torch.Tensor) -> Any:
-    """Samples ``index`` of generator inputs (a tensor, a tuple/list or a dict of
-    tensors indexed along dim 0; other entries are kept as they are)."""
-    def one(x):
-        if isinstance(x, torch.Tensor) and x.dim() > 0:
-            return x[index.to(x.device)]
-        return x
-
-    if isinstance(inputs, torch.Tensor):
-        return one(inputs)
-    if isinstance(inputs, (tuple, list)):
-        return type(inputs)(one(x) for x in inputs)
-    if isinstance(inputs, dict):
-        return {k: one(v) for k, v in inputs.items()}
-    raise TypeError(
-        f"generator inputs must be a tensor, a tuple/list or a dict of tensors, got {type(inputs).__name__}."
-    )
+__all__ = ["top_unit_examples"]
 
 
 def top_unit_examples(
@@ -67,8 +35,8 @@ def top_unit_examples(
     ``no_grad`` in eval mode, restoring every submodule's mode; all on CPU output.
     """
     from .dissection import upsample
-    from .inputs import call_generator, move_inputs
-    from .tracing import Trace
+    from .inputs import call_generator, index_inputs, move_inputs
+    from .tracing import Trace, eval_mode
 
     ld = layer_dissection
     if isinstance(units, int):
@@ -82,7 +50,7 @@ def top_unit_examples(
     wanted = ld.topk[units, :k]  # [len(units), k] sample indices
     index, position = torch.unique(wanted.flatten(), return_inverse=True)
     position = position.view(len(units), k)
-    batch = move_inputs(select_inputs(inputs, index), device)
+    batch = move_inputs(index_inputs(inputs, index), device)
     with eval_mode(generator), torch.no_grad(), Trace(generator, ld.layer, detach=True) as trace:
         images = call_generator(generator, batch)
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:

@@ -154,3 +154,19 @@ def test_batches_of_tuples_and_dicts():
     assert starts == [(0, 7), (7, 3)]
     with pytest.raises(ValueError, match="disagree"):
         num_samples((torch.zeros(3), torch.zeros(4)))
+
+
+def test_eval_mode_restores_mixed_flags_even_on_error():
+    import pytest
+    from torch import nn
+    from gan_monitor.tracing import eval_mode
+
+    net = nn.Sequential(nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2), nn.Sequential(nn.Dropout(), nn.ReLU()))
+    net.train()
+    net[1].eval()                      # a submodule deliberately left in eval mode
+    before = [m.training for m in net.modules()]
+    with pytest.raises(RuntimeError):
+        with eval_mode(net, "not a module"):
+            assert not any(m.training for m in net.modules())
+            raise RuntimeError("boom")
+    assert [m.training for m in net.modules()] == before

@@ -148,7 +148,8 @@ def test_interpretable_units_table_rows_in_iou_order():
 def test_top_unit_examples_match_a_direct_forward_pass():
     from torch import nn
 
-    from gan_monitor.unit_images import select_inputs, top_unit_examples
+    from gan_monitor.inputs import index_inputs
+    from gan_monitor.unit_images import top_unit_examples
 
     torch.manual_seed(0)
     gen = nn.Sequential(nn.Linear(6, 4 * 4 * 4), nn.Unflatten(1, (4, 4, 4)),
@@ -177,5 +178,5 @@ def test_top_unit_examples_match_a_direct_forward_pass():
         assert (masks == expected).float().mean() > 0.99  # equal up to float ties at the threshold
     assert top_unit_examples(gen, inputs, ld, [], 2) == []
     d = {"z": inputs, "flag": "x"}
-    assert torch.equal(select_inputs(d, torch.tensor([3, 1]))["z"], inputs[[3, 1]])
-    assert select_inputs(d, torch.tensor([0]))["flag"] == "x"
+    assert torch.equal(index_inputs(d, torch.tensor([3, 1]))["z"], inputs[[3, 1]])
+    assert index_inputs(d, torch.tensor([0]))["flag"] == "x"
