@@ -16,6 +16,7 @@ _LAZY = {
     "layer_names": "gan_monitor.tracing",
     "per_unit_fid": "gan_monitor.fid",
     "artifact_ablation": "gan_monitor.fid",
+    "ace": "gan_monitor.intervention",
 }
 
 
