@@ -19,6 +19,7 @@ __all__ = ["SUBCOMMANDS", "build_parser", "main"]
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("gan_monitor.demo",
              "train the toy GAN with the DissectionMonitor on and watch interpretable units emerge"),
+    "dissect": ("gan_monitor.cli_dissect", "dissect saved checkpoints (JSON, TensorBoard timeline, summary table)"),
 }
 
 

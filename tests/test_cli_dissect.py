@@ -1,0 +1,157 @@
+"""`gan-monitor dissect` end to end on tiny toy-GAN checkpoints saved here: the JSON
+equals the Python API's numbers, TensorBoard gets the callback's tags at the
+checkpoints' steps, and bad inputs give a one-line error with exit code 1."""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+
+import pytest
+import torch
+
+from gan_monitor.cli import main
+
+TINY_GAN = dict(latent_dim=16, image_size=32, g_channels=(32, 16, 8), d_channels=(8, 16, 32),
+                batch_size=8, num_scenes=32)
+N = 32
+
+
+def _trainer(steps):
+    import lightning.pytorch as pl
+
+    return pl.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False, accelerator="cpu")
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    import lightning.pytorch as pl
+
+    from gan_monitor.toyworld.gan import ToyGAN
+
+    folder = tmp_path_factory.mktemp("ckpts")
+    pl.seed_everything(0, verbose=False)
+    model = ToyGAN(**TINY_GAN)
+    trainer = _trainer(2)
+    trainer.fit(model)
+    trainer.save_checkpoint(folder / "early.ckpt")
+    trainer = _trainer(6)
+    trainer.fit(model, ckpt_path=folder / "early.ckpt")
+    trainer.save_checkpoint(folder / "late.ckpt")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def timeline(ckpts, tmp_path_factory):
+    out = tmp_path_factory.mktemp("dissect")
+    # given late first: the timeline is still ordered by training step
+    rc = main(["dissect", str(ckpts / "late.ckpt"), str(ckpts / "early.ckpt"), "--layers", "layer2,layer3",
+               "--out", str(out), "--n", str(N), "--seed", "3", "--no-progress"])
+    assert rc == 0
+    return out
+
+
+def test_json_equals_python_api(ckpts, timeline):
+    from gan_monitor.dissection import dissect
+    from gan_monitor.results import DissectionResult
+    from gan_monitor.toyworld.gan import load_toygan
+    from gan_monitor.toyworld.segmenter import load_segmenter
+
+    index = json.loads((timeline / "timeline.json").read_text())
+    assert [(c["name"], c["step"]) for c in index["checkpoints"]] == [("early", 2), ("late", 6)]
+    seg = load_segmenter()
+    for name in ("early", "late"):
+        got = DissectionResult.from_json(timeline / name / "dissection.json")
+        expected = dissect(load_toygan(str(ckpts / f"{name}.ckpt")).generator, ["layer2", "layer3"], seg,
+                           n=N, seed=3, topk=5)
+        for layer in ("layer2", "layer3"):
+            a, b = got[layer], expected[layer]
+            assert torch.equal(a.iou, b.iou.float()) and torch.equal(a.thresholds, b.thresholds)
+            assert a.labels == b.labels and torch.equal(a.interpretable, b.interpretable)
+            assert torch.equal(a.topk, b.topk)
+            assert a.summary == b.summary
+            pictures = sorted(p.name for p in (timeline / name / "units" / layer).glob("unit_*.png"))
+            assert len(pictures) == a.num_units
+        rows = [r for r in csv.DictReader(open(timeline / "summary.csv")) if r["checkpoint"] == name]
+        assert [int(r["interpretable_units"]) for r in rows] == \
+            [expected[layer].summary["interpretable_units"] for layer in ("layer2", "layer3")]
+
+
+def test_tensorboard_tags_and_steps(timeline):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from gan_monitor.results import DissectionResult
+
+    acc = EventAccumulator(str(timeline / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    for layer in ("layer2", "layer3"):
+        events = acc.Scalars(f"gan_monitor/{layer}/interpretable_units")
+        assert [e.step for e in events] == [2, 6]
+        expected = [DissectionResult.from_json(timeline / n / "dissection.json")[layer].summary["interpretable_units"]
+                    for n in ("early", "late")]
+        assert [e.value for e in events] == expected
+        assert f"gan_monitor/{layer}/mean_iou" in tags["scalars"]
+        assert f"gan_monitor/{layer}/units_per_concept" in tags["images"]
+        assert f"gan_monitor/{layer}/top_units" in tags["images"]
+
+
+class _Other(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Linear(2, 2)
+
+
+@pytest.fixture(scope="module")
+def bad_files(ckpts, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bad")
+    (folder / "notes.ckpt").write_text("not a checkpoint at all")
+    torch.save({"state_dict": {"net.weight": torch.zeros(2, 2)}, "pytorch-lightning_version": "2.6",
+                "global_step": 1}, folder / "other.ckpt")
+    blob = torch.load(ckpts / "early.ckpt", weights_only=True)
+    blob["extra_object"] = argparse.Namespace(note="a pickled object")
+    torch.save(blob, folder / "pickled.ckpt")
+    torch.save(_Other().state_dict(), folder / "plain.pt")
+    return folder
+
+
+@pytest.mark.parametrize("case, extra, message", [
+    ("missing", [], "no such file"),
+    ("notes", [], "is not a PyTorch checkpoint"),
+    ("other", [], "missing keys: generator."),
+    ("pickled", [], "--trust-checkpoint"),
+    ("plain", [], "--generator-factory"),
+    ("early", ["--layers", "layer9"], "available: "),
+    ("early", ["--segmenter", "nope"], "unknown segmenter 'nope'"),
+    ("early", ["--segmenter", "gan_monitor.nothing:load"], "cannot import module 'gan_monitor.nothing'"),
+])
+def test_bad_inputs_one_line_exit_1(case, extra, message, ckpts, bad_files, tmp_path, capsys):
+    paths = {"missing": tmp_path / "gone.ckpt", "notes": bad_files / "notes.ckpt", "other": bad_files / "other.ckpt",
+             "pickled": bad_files / "pickled.ckpt", "plain": bad_files / "plain.pt", "early": ckpts / "early.ckpt"}
+    argv = ["dissect", str(paths[case]), "--layers", "layer3", "--out", str(tmp_path / "o"), "--n", "8",
+            "--no-progress"] + extra
+    capsys.readouterr()
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("gan-monitor dissect: error: ") and message in last, err
+    if case == "other":
+        assert "unexpected keys: net.weight" in last
+    if case == "layer9" or extra[:1] == ["--layers"]:
+        assert "layer3" in last.split("available: ")[1]
+    with pytest.raises(Exception):
+        main(argv + ["--debug"])
+
+
+def test_trusted_pickle_loads_and_usage_errors_exit_2(bad_files, tmp_path, capsys):
+    out = tmp_path / "o"
+    assert main(["dissect", str(bad_files / "pickled.ckpt"), "--layers", "layer3", "--out", str(out), "--n", "8",
+                 "--no-progress", "--trust-checkpoint"]) == 0
+    assert (out / "pickled" / "dissection.json").is_file()
+    assert main(["dissect", str(bad_files / "pickled.ckpt"), "--layers", "layer3", "--out", str(out),
+                 "--n", "0"]) == 2
+    with pytest.raises(SystemExit) as info:
+        main(["dissect", "--help"])
+    assert info.value.code == 0 and "Examples:" in capsys.readouterr().out
