@@ -17,6 +17,7 @@ _LAZY = {
     "per_unit_fid": "gan_monitor.fid",
     "artifact_ablation": "gan_monitor.fid",
     "ace": "gan_monitor.intervention",
+    "causal_units": "gan_monitor.causal",
 }
 
 

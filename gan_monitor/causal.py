@@ -1,0 +1,196 @@
+"""Causal unit sets by optimising a continuous intervention (paper Eq. 5-6, S-6.4).
+
+``causal_units`` learns per-unit coefficients ``a`` in [0, 1] that, applied with
+the edit rule ``r' = r(1 - a m) + k a m`` at sampled featuremap locations, best
+remove the concept where it is (``k = 0``) and best insert it where it is absent
+but could appear (``k`` = the concept's insertion values):
+
+    loss = mean p_c(ablated, at the removal locations)
+           - mean p_c(inserted, at the insertion locations) + penalty * ||a||_2
+
+``p_c`` is the segmenter's differentiable probability of the concept. Each term
+is scored at its own locations (the removal term where c was, the insertion term
+where it was not). Locations are sampled per image: ones where c is present in
+the output, and equally many where c is absent but appears when every unit is
+set to ``k`` everywhere. ``a`` starts at ``IoU_u / max_v IoU_v``, is optimised with
+Adam and clamped to [0, 1] after each step; units are ranked by ``a``. The top-n
+set is then evaluated by ablation (``intervention.ace``) against the top-n IoU
+units and n random units (Fig. 4).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .inputs import call_generator, index_inputs, make_inputs, move_inputs, num_samples
+from .intervention import (AceResult, _device_of, _layer_shape, ace, concept_index, insertion_values, presence)
+from .segmenters import validate_segmenter
+from .tracing import Edit, eval_mode, resolve_layer
+
+__all__ = ["causal_units", "CausalUnits", "check_differentiable"]
+
+
+def check_differentiable(segmenter) -> None:
+    """Raise unless the segmenter offers ``probabilities(images) -> [N, C, H, W]``."""
+    if not callable(getattr(segmenter, "probabilities", None)):
+        raise TypeError(
+            f"{type(segmenter).__name__} has no `probabilities(images)` method. causal_units optimises "
+            "the intervention by gradient descent through the segmenter, so it needs differentiable "
+            "class probabilities [N, C, H, W] (e.g. the softmax of a segmentation network's logits). "
+            "Add such a method, or rank units with single_unit_effects / ace, which only need segment()."
+        )
+
+
+@dataclass
+class CausalUnits:
+    """Result of ``causal_units``.
+
+    Attributes:
+        layer, concept: what was optimised.
+        coefficients: float ``[U]``, the optimised ``a`` (in [0, 1]).
+        ranking: units by decreasing ``a``.
+        initial: the IoU initialisation of ``a``.
+        losses: loss per optimisation step.
+        top_n: size of the evaluated sets; sets: ``{"causal", "iou", "random"}`` -> units.
+        evaluation: the same keys -> ``AceResult`` of ablating that set
+            (``.fraction_removed``).
+    """
+
+    layer: str
+    concept: str
+    coefficients: torch.Tensor
+    ranking: list[int]
+    initial: torch.Tensor
+    losses: list[float]
+    top_n: int
+    sets: dict[str, list[int]] = field(default_factory=dict)
+    evaluation: dict[str, AceResult] = field(default_factory=dict)
+
+    def fractions_removed(self) -> dict[str, float]:
+        return {name: result.fraction_removed for name, result in self.evaluation.items()}
+
+
+def _iou_init(generator, layer, segmenter, c, iou, dissection, inputs, batch_size, device) -> torch.Tensor:
+    if iou is None:
+        if dissection is None:
+            from .dissection import dissect
+            dissection = dissect(generator, layer, segmenter, inputs=inputs, batch_size=batch_size,
+                                 device=device)
+        if hasattr(dissection, "layers") or not hasattr(dissection, "iou"):
+            dissection = dissection[layer]
+        iou = dissection.iou[:, c]
+    iou = torch.as_tensor(iou, dtype=torch.float32).clamp_min(0).flatten()
+    top = float(iou.max()) if iou.numel() else 0.0
+    return iou / top if top > 0 else torch.full_like(iou, 0.5)
+
+
+def _sample_locations(candidates: torch.Tensor, per_image: int, gen: torch.Generator) -> torch.Tensor:
+    """``[N, h, w]`` 0/1 mask with up to ``per_image`` random candidate locations per image."""
+    n = candidates.shape[0]
+    flat = candidates.flatten(1).float()
+    scores = torch.rand(flat.shape, generator=gen) * flat - (1 - flat)
+    picked = torch.zeros_like(flat)
+    idx = scores.topk(min(per_image, flat.shape[1]), dim=1).indices
+    picked.scatter_(1, idx, 1.0)
+    return (picked * flat).view(candidates.shape)
+
+
+def _masked_mean(probs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``probs`` ``[N, H, W]`` over the featuremap mask ``[N, h, w]`` upsampled."""
+    big = F.interpolate(mask[:, None], size=probs.shape[-2:], mode="nearest")[:, 0]
+    return (probs * big).sum() / big.sum().clamp_min(1.0)
+
+
+def _candidates(generator, segmenter, layer, batch, c, k, shape, device):
+    """Removal candidates (c present) and insertion candidates (absent, present when
+    every unit is set to k everywhere), both ``[N, h, w]`` bool at featuremap resolution."""
+    with torch.no_grad():
+        present = F.adaptive_max_pool2d(presence(segmenter, call_generator(generator, batch))[:, c:c + 1],
+                                        shape[1:])[:, 0] > 0
+        with Edit(generator, layer, units=list(range(shape[0])), value=k):
+            inserted = call_generator(generator, batch)
+        could = F.adaptive_max_pool2d(presence(segmenter, inserted)[:, c:c + 1], shape[1:])[:, 0] > 0
+    return present.cpu(), (could & ~present).cpu()
+
+
+def causal_units(generator: nn.Module, layer: str, concept: str | int, *, segmenter, n: int = 200, seed: int = 0,
+                 input_fn: Callable | None = None, inputs: Any = None, dissection=None, iou=None,
+                 values: torch.Tensor | None = None, epochs: int = 10, lr: float = 0.01, penalty: float = 0.005,
+                 batch_size: int = 16, locations: int = 1, top_n: int = 20, eval_n: int = 100,
+                 evaluate: bool = True, device=None) -> CausalUnits:
+    """Rank the units of ``layer`` by their causal effect on ``concept`` (Eq. 5-6).
+
+    Args:
+        n, seed, input_fn / inputs: the optimisation sample (``epochs`` passes over it).
+        dissection / iou: IoU initialisation: a ``DissectionResult``/``LayerDissection``
+            of the layer, or an IoU vector ``[U]``; default: dissect ``inputs``.
+        values: insertion values ``[C, U]`` or ``[U]``; default computed on seed + 1.
+        lr, penalty: Adam learning rate and L2 weight (reference: 0.01, 0.005).
+        locations: removal (and as many insertion) locations sampled per image.
+        top_n, eval_n, evaluate: size of the evaluated sets, images used (seed + 2).
+    """
+    validate_segmenter(segmenter)
+    check_differentiable(segmenter)
+    c = concept_index(segmenter, concept)
+    resolve_layer(generator, layer)
+    device = torch.device(device) if device is not None else _device_of(generator)
+    if inputs is None:
+        inputs = make_inputs(generator, n, seed, input_fn)
+    n = num_samples(inputs)
+    with eval_mode(generator, segmenter), torch.no_grad():
+        shape = _layer_shape(generator, layer, inputs, device)
+    a0 = _iou_init(generator, layer, segmenter, c, iou, dissection, inputs, batch_size, device)
+    if a0.numel() != shape[0]:
+        raise ValueError(f"the IoU initialisation has {a0.numel()} entries but layer {layer!r} has {shape[0]} units.")
+    if values is None:
+        values = insertion_values(generator, layer, segmenter, n=n, seed=seed + 1, input_fn=input_fn,
+                                  batch_size=batch_size, device=device)
+    k = torch.as_tensor(values, dtype=torch.float32)
+    k = (k[c] if k.dim() == 2 else k).to(device)
+    a = a0.clone().to(device).requires_grad_(True)
+    optimiser = torch.optim.Adam([a], lr=lr)
+    gen = torch.Generator().manual_seed(seed + 3)
+    losses: list[float] = []
+    with eval_mode(generator, segmenter):
+        for _ in range(int(epochs)):
+            order = torch.randperm(n, generator=gen)
+            for start in range(0, n, batch_size):
+                batch = index_inputs(inputs, order[start:start + batch_size])
+                batch = move_inputs(batch, device)
+                present, insertable = _candidates(generator, segmenter, layer, batch, c, k, shape, device)
+                remove_at = _sample_locations(present, locations, gen).to(device)
+                insert_at = _sample_locations(insertable, locations, gen).to(device)
+                loss = penalty * a.norm()
+                with torch.enable_grad():
+                    if remove_at.sum() > 0:
+                        with Edit(generator, layer, coefficients=a, mask=remove_at, value=0.0):
+                            probs = segmenter.probabilities(call_generator(generator, batch))[:, c]
+                        loss = loss + _masked_mean(probs, remove_at)
+                    if insert_at.sum() > 0:
+                        with Edit(generator, layer, coefficients=a, mask=insert_at, value=k):
+                            probs = segmenter.probabilities(call_generator(generator, batch))[:, c]
+                        loss = loss - _masked_mean(probs, insert_at)
+                    grad, = torch.autograd.grad(loss, [a], allow_unused=True)
+                a.grad = torch.zeros_like(a) if grad is None else grad
+                optimiser.step()
+                with torch.no_grad():
+                    a.clamp_(0.0, 1.0)
+                losses.append(float(loss.detach()))
+    coefficients = a.detach().cpu()
+    ranking = torch.argsort(coefficients, descending=True, stable=True).tolist()
+    result = CausalUnits(layer=layer, concept=list(segmenter.concepts)[c], coefficients=coefficients,
+                         ranking=ranking, initial=a0, losses=losses, top_n=min(int(top_n), shape[0]))
+    if evaluate:
+        m = result.top_n
+        perm = torch.randperm(shape[0], generator=torch.Generator().manual_seed(seed + 4))
+        result.sets = {"causal": ranking[:m],
+                       "iou": torch.argsort(a0, descending=True, stable=True)[:m].tolist(),
+                       "random": sorted(perm[:m].tolist())}
+        for name, units in result.sets.items():
+            result.evaluation[name] = ace(generator, layer, units, c, segmenter=segmenter, n=eval_n, seed=seed + 2,
+                                          input_fn=input_fn, batch_size=batch_size, device=device)
+    return result
