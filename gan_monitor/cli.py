@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("gan_monitor.demo",
              "train the toy GAN with the DissectionMonitor on and watch interpretable units emerge"),
     "dissect": ("gan_monitor.cli_dissect", "dissect saved checkpoints (JSON, TensorBoard timeline, summary table)"),
+    "report": ("gan_monitor.report", "write an offline HTML unit browser for a `dissect` output folder"),
 }
 
 
