@@ -49,3 +49,45 @@ def test_causal_units_bad_inputs(world):
         causal_units(g, "features", "cushion", segmenter=s, n=4)
     with pytest.raises(ValueError, match="IoU initialisation has 3 entries.*20 units"):
         causal_units(g, "features", "tree", segmenter=s, n=4, iou=torch.ones(3))
+
+
+def test_contextual_insertion_doors_only_on_buildings(world):
+    from gan_monitor.causal import contextual_insertion
+    from gan_monitor.inputs import make_inputs
+    from gan_monitor.intervention import insertion_values
+    from intervention_world import DOOR
+    g, s = world
+    values = insertion_values(g, "features", s, n=40, seed=9)
+    result = contextual_insertion(g, "features", DOOR, "door", segmenter=s, values=values, n=12, seed=1,
+                                  batch_size=5)
+    assert result.gain.shape == (12, 8, 8)
+    gain_on = result.by_context["building"]
+    assert gain_on[0] > 5 and gain_on[1] > 0  # one featuremap location is 16 output pixels
+    assert result.by_context["sky"][0] == 0 and result.by_context["tree"][0] == 0
+    # brute force for one image and location
+    z = make_inputs(g, 12, seed=1)[3:4]
+    before = int((s.segment(g(z)) == 4).sum())
+    mask = torch.zeros(8, 8)
+    mask[6, 2] = 1
+    with gan_monitor.Edit(g, "features", units=DOOR, value=values[4], mask=mask):
+        after = int((s.segment(g(z)) == 4).sum())
+    assert result.gain[3, 6, 2] == after - before
+    labels = s.segment(g(z))[0]
+    assert result.context[3, 6, 2] == torch.mode(labels[24:28, 8:12].flatten()).values
+    assert result.mean_map().shape == (8, 8)
+
+
+def test_trace_effects_normalised_change_of_later_layers(world):
+    from gan_monitor.causal import trace_effects
+    from gan_monitor.inputs import make_inputs
+    g, s = world
+    changes = trace_effects(g, "features", TREE, n=10, seed=2)
+    assert list(changes) == ["render", "upsample"]
+    z = make_inputs(g, 10, seed=2)
+    r = g.features(z)
+    before = g.render(r)
+    r[:, TREE] = 0
+    after = g.render(r)
+    expected = ((after - before).abs().mean((0, 2, 3)) / before.abs().mean((0, 2, 3))).mean()
+    assert changes["render"] == pytest.approx(float(expected), rel=1e-5) and changes["render"] > 0.05
+    assert trace_effects(g, "features", DECOY, n=10, seed=2) == {"render": 0.0, "upsample": 0.0}
