@@ -21,6 +21,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
              "train the toy GAN with the DissectionMonitor on and watch interpretable units emerge"),
     "dissect": ("gan_monitor.cli_dissect", "dissect saved checkpoints (JSON, TensorBoard timeline, summary table)"),
     "report": ("gan_monitor.report", "write an offline HTML unit browser for a `dissect` output folder"),
+    "compare": ("gan_monitor.cli_compare", "layers, checkpoints or models side by side: interpretable units per category"),
 }
 
 

@@ -230,9 +230,27 @@ def run_demo(
                      "iqr_n": iqr_n if threshold == "iqr" else None,
                      "quantile": quantile, "iou": DEFAULTS["iou"], "cutoff": cutoff, "threads": threads},
     }
+    summary["report"] = _report_last_checkpoint(summary, echo, progress)
     with open(os.path.join(logger.log_dir, "demo_summary.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=1)
     return summary
+
+
+def _report_last_checkpoint(summary: dict[str, Any], echo, progress: bool) -> str | None:
+    """Dissect the run's last checkpoint (``gan-monitor dissect``) and write its HTML report."""
+    from .cli_dissect import dissect_checkpoints
+    from .report import build_report
+
+    last = Path(summary["checkpoint_dir"]) / "last.ckpt"
+    if not last.is_file():
+        return None
+    st = summary["settings"]
+    out = Path(summary["log_dir"]) / "dissect_last"
+    dissect_checkpoints([last], st["layers"], out, n=st["n"], seed=st["seed"], threshold=st["threshold"],
+                        cutoff=st["cutoff"], progress=progress, echo=lambda line: None)
+    page = build_report(out)
+    echo(f"HTML report of the last checkpoint:  {page}")
+    return str(page)
 
 
 class _ReplanBase:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
 from test_cli_dissect import ckpts, timeline  # noqa: F401  (module-scoped fixtures)
@@ -92,3 +93,39 @@ def test_report_errors(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "neither timeline.json nor dissection.json" in err and "Traceback" not in err
+
+
+def test_compare_rows_png_and_errors(timeline, tmp_path, capsys):  # noqa: F811
+    from PIL import Image
+
+    csv_path, png = tmp_path / "c.csv", tmp_path / "c.png"
+    assert main(["compare", str(timeline), str(timeline / "early" / "dissection.json"), "--layers", "layer3",
+                 "--csv", str(csv_path), "--png", str(png)]) == 0
+    lines = csv_path.read_text().strip().splitlines()
+    assert len(lines) == 1 + 3  # early, late from the folder + the single JSON
+    header = lines[0].split(",")
+    for line in lines[1:]:
+        row = dict(zip(header, line.split(",")))
+        ld = DissectionResult.from_json(timeline / row["checkpoint"] / "dissection.json")["layer3"]
+        per_cat = ld.summary["per_category"]
+        assert int(row["interpretable_units"]) == sum(per_cat.values()) == ld.summary["interpretable_units"]
+        assert all(int(row[f"units_{c}"]) == n for c, n in per_cat.items())
+    assert Image.open(png).size[1] > 3 * 20
+    capsys.readouterr()
+    assert main(["compare", str(timeline), "--layers", "layer7"]) == 1
+    err = capsys.readouterr().err
+    assert "no dissection of layer(s) layer7" in err and "layer2, layer3" in err
+
+
+def test_demo_reports_its_last_checkpoint(tmp_path, capsys):
+    from test_cli_dissect import TINY_GAN
+
+    from gan_monitor.demo import run_demo
+
+    summary = run_demo(minutes=2, out=tmp_path, layers=["layer3"], n=8, every_n_steps=2, max_batches=2,
+                       threshold="quantile", threads=1, progress=False, gan_kwargs=TINY_GAN)
+    page = summary["report"]
+    assert f"HTML report of the last checkpoint:  {page}" in capsys.readouterr().out
+    p = _parse(Path(page))
+    ld = DissectionResult.from_json(Path(page).parent / "last" / "dissection.json")["layer3"]
+    assert len(p.cards) == ld.num_units == TINY_GAN["g_channels"][2]
