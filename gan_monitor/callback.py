@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from .ace_schedule import ACE_DOC, AceSchedule
 from .fid_schedule import FID_DOC, UnitFIDSchedule
 from .held_out import HeldOutSample
 
@@ -71,6 +72,7 @@ class _MonitorLogic:
         fid_real_stats=None, fid_extractor=None, fid_k: int = 50, fid_layers: Sequence[str] | None = None,
         fid_every_n_steps: int | None = None, fid_every_n_epochs: int | None = None, max_unit_fid: float | None = None,
         artifact_ablation_on_save: bool = False, artifact_units: int = 20, artifact_random_draws: int = 3,
+        ace_concepts: Sequence[str] | None = None, ace_options: dict[str, Any] | None = None,
     ):
         from .segmenters import validate_segmenter
         from .sinks import DissectionWriter
@@ -132,6 +134,7 @@ class _MonitorLogic:
             self, fid_real_stats, fid_extractor, k=fid_k, layers=fid_layers, every_n_steps=fid_every_n_steps,
             every_n_epochs=fid_every_n_epochs, ablation_on_save=artifact_ablation_on_save,
             artifact_units=artifact_units, random_draws=artifact_random_draws, max_unit_fid=max_unit_fid)
+        self.ace = AceSchedule(self, ace_concepts, **AceSchedule.check_options(ace_options))  # causal effects
         # state kept in checkpoints
         self.batches_seen = 0  # training batches completed (not optimizer steps)
         self.last_step: int | None = None  # logger step of the last dissection
@@ -210,10 +213,12 @@ class _MonitorLogic:
         self.unit_fid.epoch_end(self, trainer, pl_module)
         if self.every_n_epochs is not None and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
             self._dissect(trainer, pl_module, self._log_step(trainer, after_batch=False))
+        self.ace.epoch_end(self, trainer, pl_module)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
         if not self._skip(trainer):
             self.unit_fid.on_save(self, trainer, pl_module)
+            self.ace.on_save(self, trainer, pl_module)
 
     # ---- the work --------------------------------------------------------------------
     def resolve_generator(self, pl_module) -> nn.Module:
@@ -378,7 +383,7 @@ _DOC = """Dissect generator layers during training and log what emerges.
 
 
 def _make_class(callback_base: type, name: str) -> type:
-    cls = type(name, (_MonitorLogic, callback_base), {"__doc__": _DOC + FID_DOC, "__module__": __name__})
+    cls = type(name, (_MonitorLogic, callback_base), {"__doc__": _DOC + FID_DOC + ACE_DOC, "__module__": __name__})
     return cls
 
 
