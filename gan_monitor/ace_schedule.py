@@ -48,9 +48,11 @@ class AceSchedule:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"ace_options['{name}'] must be a positive integer, got {value!r}.")
         if every_n_epochs is not None and (not isinstance(every_n_epochs, int) or every_n_epochs < 1):
-            raise ValueError(f"ace_options['every_n_epochs'] must be a positive integer or None, got {every_n_epochs!r}.")
+            raise ValueError("ace_options['every_n_epochs'] must be a positive integer or None, "
+                             f"got {every_n_epochs!r}.")
         if self.enabled and not on_save and every_n_epochs is None:
-            raise ValueError("ace_concepts is given but never evaluated: set ace_options on_save=True or every_n_epochs.")
+            raise ValueError("ace_concepts is given but never evaluated: set ace_options on_save=True "
+                             "or every_n_epochs.")
         if causal and self.enabled:
             from .causal import check_differentiable
             check_differentiable(monitor.segmenter)
