@@ -155,3 +155,28 @@ def test_trusted_pickle_loads_and_usage_errors_exit_2(bad_files, tmp_path, capsy
     with pytest.raises(SystemExit) as info:
         main(["dissect", "--help"])
     assert info.value.code == 0 and "Examples:" in capsys.readouterr().out
+
+
+def tiny_generator():
+    """--generator-factory target for the plain state dict test."""
+    from gan_monitor.toyworld.gan import ToyGenerator
+
+    return ToyGenerator(TINY_GAN["latent_dim"], TINY_GAN["image_size"], TINY_GAN["g_channels"], "batch")
+
+
+def test_plain_state_dict_with_generator_factory(ckpts, tmp_path):
+    from gan_monitor.dissection import dissect
+    from gan_monitor.results import DissectionResult
+    from gan_monitor.toyworld.gan import load_toygan
+    from gan_monitor.toyworld.segmenter import load_segmenter
+
+    generator = load_toygan(str(ckpts / "late.ckpt")).generator
+    torch.save(generator.state_dict(), tmp_path / "g.pt")
+    out = tmp_path / "o"
+    assert main(["dissect", str(tmp_path / "g.pt"), "--generator-factory", "test_cli_dissect:tiny_generator",
+                 "--layers", "layer3", "--out", str(out), "--n", "16", "--no-progress"]) == 0
+    got = DissectionResult.from_json(out / "g" / "dissection.json")["layer3"]
+    expected = dissect(generator, "layer3", load_segmenter(), n=16, seed=0, topk=5)["layer3"]
+    assert torch.equal(got.iou, expected.iou.float()) and got.labels == expected.labels
+    index = json.loads((out / "timeline.json").read_text())
+    assert index["checkpoints"][0]["step"] is None and index["checkpoints"][0]["x"] == 0
