@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import pickle
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,7 +70,8 @@ def read_checkpoint(path: str | Path, trust: bool = False) -> Any:
                 f"to load. If you trust where this file comes from, re-run with --trust-checkpoint "
                 f"(this can execute code stored in the file)."
             ) from err
-        raise CheckpointError(f"{path} is not a PyTorch checkpoint ({_first_line(err)}).") from err
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint (not a torch.save file: "
+                              f"the unpickler stopped at its first bytes).") from err
     except Exception as err:  # zip / pickle garbage: torch raises RuntimeError, EOFError, ...
         raise CheckpointError(f"{path} is not a PyTorch checkpoint ({_first_line(err)}).") from err
 
@@ -118,7 +120,9 @@ def load_generator(path: str | Path, *, module: str = "gan_monitor.toyworld.gan:
         if not hasattr(cls, "load_from_checkpoint"):
             raise CheckpointError(f"{module} is not a LightningModule (it has no load_from_checkpoint).")
         try:
-            model = cls.load_from_checkpoint(path, map_location="cpu", weights_only=not trust, strict=False)
+            with warnings.catch_warnings():  # key mismatches are reported below, in one line
+                warnings.simplefilter("ignore")
+                model = cls.load_from_checkpoint(path, map_location="cpu", weights_only=not trust, strict=False)
         except pickle.UnpicklingError as err:
             raise CheckpointError(f"{path}: torch.load(weights_only=True) refused it; re-run with "
                                   f"--trust-checkpoint if you trust the file.") from err
