@@ -35,6 +35,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=500)
     parser.add_argument("--top", type=int, default=20)
     parser.add_argument("--causal", action="store_true")
+    parser.add_argument("--epochs", type=int, default=3, help="causal optimisation passes over 200 images")
     parser.add_argument("--image", default="docs/ace_tree_ablation.png")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -49,7 +50,7 @@ def main() -> None:
     sets = {"iou": iou_units}
     if args.causal:
         cu = causal_units(generator, args.layer, args.concept, segmenter=segmenter, n=200, seed=2,
-                          dissection=result, epochs=3, top_n=args.top, evaluate=False)
+                          dissection=result, epochs=args.epochs, top_n=args.top, evaluate=False)
         sets["causal"] = cu.ranking[:args.top]
     for draw in range(3):
         sets[f"random{draw}"] = torch.randperm(n_units, generator=torch.Generator().manual_seed(7 + draw))[
