@@ -27,9 +27,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .inputs import call_generator, index_inputs, make_inputs, move_inputs, num_samples
-from .intervention import (AceResult, _device_of, _layer_shape, ace, concept_index, insertion_values, presence)
+from .intervention import (AceResult, _layer_shape, ace, concept_index, insertion_values, presence)
 from .segmenters import validate_segmenter
-from .tracing import Edit, eval_mode, resolve_layer
+from .tracing import Edit, eval_mode, module_device, resolve_layer
 
 __all__ = ["causal_units", "CausalUnits", "check_differentiable", "contextual_insertion", "ContextualInsertion",
            "trace_effects"]
@@ -138,7 +138,7 @@ def causal_units(generator: nn.Module, layer: str, concept: str | int, *, segmen
     check_differentiable(segmenter)
     c = concept_index(segmenter, concept)
     resolve_layer(generator, layer)
-    device = torch.device(device) if device is not None else _device_of(generator)
+    device = torch.device(device) if device is not None else module_device(generator)
     if inputs is None:
         inputs = make_inputs(generator, n, seed, input_fn)
     n = num_samples(inputs)
@@ -237,7 +237,7 @@ def contextual_insertion(generator: nn.Module, layer: str, units, concept: str |
     from .intervention import check_units
     validate_segmenter(segmenter)
     c = concept_index(segmenter, concept)
-    device = torch.device(device) if device is not None else _device_of(generator)
+    device = torch.device(device) if device is not None else module_device(generator)
     if inputs is None:
         inputs = make_inputs(generator, n, seed, input_fn)
     with eval_mode(generator, segmenter), torch.no_grad():
@@ -286,7 +286,7 @@ def trace_effects(generator: nn.Module, layer: str, units, *, value=0.0, mask=No
     divided by the channel's mean |original|, averaged over channels. Ordered by
     execution; channels that are always 0 count as 0 change when unchanged."""
     from .tracing import Trace, layer_names
-    device = torch.device(device) if device is not None else _device_of(generator)
+    device = torch.device(device) if device is not None else module_device(generator)
     if inputs is None:
         inputs = make_inputs(generator, n, seed, input_fn)
     batch = move_inputs(inputs, device)

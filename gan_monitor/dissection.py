@@ -47,7 +47,7 @@ from .quantile_tally import collect, exact_thresholds, guess_floors, interpolate
 from .tallies import (LayerTally, TopSamples, category_index, concept_presence, dedupe_labels, encode_segmentation,
                       image_chunks, upsample)
 from .thresholds import LevelTally, PixelSubsample, level_fractions, quantile_rank, score_levels
-from .tracing import Trace, _as_layer_list, eval_mode, resolve_layer
+from .tracing import Trace, _as_layer_list, eval_mode, module_device, resolve_layer
 
 __all__ = ["dissect", "upsample", "DissectionResult", "LayerDissection", "IQR_SEED_OFFSET"]
 
@@ -55,15 +55,6 @@ __all__ = ["dissect", "upsample", "DissectionResult", "LayerDissection", "IQR_SE
 IQR_SEED_OFFSET = 1_000_003
 #: Pixels per unit sampled (seeded) to place the quantile search; results do not depend on it.
 QUANTILE_SUBSAMPLE = 16384
-
-
-def _module_device(module: Any) -> torch.device:
-    if isinstance(module, nn.Module):
-        for t in module.parameters():
-            return t.device
-        for t in module.buffers():
-            return t.device
-    return torch.device("cpu")
 
 
 class _Sampler:
@@ -302,7 +293,7 @@ def dissect(generator: nn.Module, layers: str | Iterable[str], segmenter, *, inp
         raise ValueError(f"unit_fid has no per-unit FIDs for layer(s) {missing}; give them for every dissected layer.")
     validate_segmenter(segmenter)
     concepts, categories = list(segmenter.concepts), list(segmenter.categories)
-    device = torch.device(device) if device is not None else _module_device(generator)
+    device = torch.device(device) if device is not None else module_device(generator)
     drawn = inputs is None
     if drawn:
         inputs = make_inputs(generator, n, seed, input_fn)

@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .tracing import module_device
+
 __all__ = ["FeatureExtractor", "ModuleFeatures", "ToySceneFeatures", "InceptionFeatures", "as_extractor",
            "extract_features", "RealStats", "toy_real_stats"]
 
@@ -54,14 +56,6 @@ class FeatureExtractor(Protocol):
     def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
 
 
-def _device_of(module: nn.Module) -> torch.device | None:
-    for t in module.parameters():
-        return t.device
-    for t in module.buffers():
-        return t.device
-    return None
-
-
 class ModuleFeatures(nn.Module):
     """Any ``nn.Module`` mapping images in [-1, 1] to ``[N, d]`` as an extractor;
     ``name`` defaults to the module's class name (give a distinctive one: it is
@@ -73,7 +67,7 @@ class ModuleFeatures(nn.Module):
         self.name = str(name or type(module).__name__)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        device = _device_of(self.module)
+        device = module_device(self.module, None)
         return self.module(images if device is None else images.to(device))
 
 
@@ -164,7 +158,7 @@ class InceptionFeatures(nn.Module):
         return super().train(False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        device = _device_of(self.network)
+        device = module_device(self.network, None)
         x = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
         return self.network(x if device is None else x.to(device))
 

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from .features import RealStats, as_extractor, extract_features
 from .inputs import call_generator, iterate_batches, make_inputs, num_samples
 from .tallies import TopSamples
-from .tracing import Edit, Trace, _as_layer_list, eval_mode, resolve_layer
+from .tracing import Edit, Trace, _as_layer_list, eval_mode, module_device, resolve_layer
 
 __all__ = ["sqrtm_psd", "frechet_distance", "unit_frechet_distances", "UnitFID", "per_unit_fid",
            "per_unit_fid_layers", "ArtifactAblation", "artifact_ablation", "unrealistic_units"]
@@ -193,12 +193,6 @@ def _generated_features(generator, inputs, extractor, batch_size, device, progre
     return torch.cat(feats)
 
 
-def _default_device(generator: nn.Module):
-    for t in generator.parameters():
-        return t.device
-    return torch.device("cpu")
-
-
 def per_unit_fid_layers(generator: nn.Module, layers: str | Sequence[str], *, pool: int = 1000, k: int = 100,
                         real_stats: RealStats, extractor=None, seed: int = 0, input_fn: Callable | None = None,
                         inputs: Any = None, batch_size: int = 50, device=None,
@@ -222,7 +216,7 @@ def per_unit_fid_layers(generator: nn.Module, layers: str | Sequence[str], *, po
             f"k={k} top images per unit cannot come from a pool of {m} generated images; use k <= pool "
             "(the paper: k = 5% of the pool, 10,000 of 200,000)."
         )
-    device = torch.device(device) if device is not None else _default_device(generator)
+    device = torch.device(device) if device is not None else module_device(generator)
     tops: dict[str, TopSamples] = {}
 
     def on_batch(start, acts):
@@ -345,7 +339,7 @@ def artifact_ablation(generator: nn.Module, layer: str, units: Sequence[int], *,
     drawn = inputs is None
     if drawn:
         inputs = make_inputs(generator, n, seed, input_fn)
-    device = torch.device(device) if device is not None else _default_device(generator)
+    device = torch.device(device) if device is not None else module_device(generator)
     shape: dict[str, int] = {}
 
     def count_units(start, acts):

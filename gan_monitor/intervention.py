@@ -25,19 +25,10 @@ from torch import nn
 
 from .inputs import call_generator, iterate_batches, make_inputs, num_samples
 from .segmenters import validate_segmentation, validate_segmenter
-from .tracing import Edit, Trace, eval_mode, resolve_layer
+from .tracing import Edit, Trace, eval_mode, module_device, resolve_layer
 
 __all__ = ["concept_index", "concept_fractions", "insertion_values", "ace", "AceResult",
            "single_unit_effects", "SingleUnitEffects"]
-
-
-def _device_of(module: Any) -> torch.device:
-    if isinstance(module, nn.Module):
-        for t in module.parameters():
-            return t.device
-        for t in module.buffers():
-            return t.device
-    return torch.device("cpu")
 
 
 def concept_index(segmenter, concept: str | int) -> int:
@@ -99,7 +90,7 @@ def insertion_values(generator: nn.Module, layer: str, segmenter, *, inputs: Any
     """
     validate_segmenter(segmenter)
     resolve_layer(generator, layer)
-    device = torch.device(device) if device is not None else _device_of(generator)
+    device = torch.device(device) if device is not None else module_device(generator)
     if inputs is None:
         inputs = make_inputs(generator, n, seed, input_fn)
     n_concepts = len(segmenter.concepts)
@@ -213,7 +204,7 @@ def ace(generator: nn.Module, layer: str, units: Sequence[int], concept: str | i
         raise ValueError(f"mode must be 'ablate' or 'insert', got {mode!r}.")
     c = concept_index(segmenter, concept)
     resolve_layer(generator, layer)
-    device = torch.device(device) if device is not None else _device_of(generator)
+    device = torch.device(device) if device is not None else module_device(generator)
     if inputs is None:
         inputs = make_inputs(generator, n, seed, input_fn)
     with eval_mode(generator, segmenter), torch.no_grad():
@@ -268,7 +259,7 @@ def single_unit_effects(generator: nn.Module, layer: str, *, segmenter, units: S
     """Ablate each unit alone (all of ``units``, default every unit) and measure the
     fraction of every concept's pixels removed over the sample."""
     validate_segmenter(segmenter)
-    device = torch.device(device) if device is not None else _device_of(generator)
+    device = torch.device(device) if device is not None else module_device(generator)
     if inputs is None:
         inputs = make_inputs(generator, n, seed, input_fn)
     n_concepts = len(segmenter.concepts)

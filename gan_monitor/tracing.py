@@ -24,7 +24,19 @@ from typing import Any, Iterable, Iterator, Sequence
 import torch
 from torch import nn
 
-__all__ = ["layer_names", "resolve_layer", "eval_mode", "Trace", "Edit", "StopForward"]
+__all__ = ["layer_names", "resolve_layer", "module_device", "eval_mode", "Trace", "Edit", "StopForward"]
+
+
+
+def module_device(module: Any, default: Any = torch.device("cpu")) -> Any:
+    """Device of ``module``'s first parameter or buffer; ``default`` when it has none
+    (or is not an ``nn.Module``)."""
+    if isinstance(module, nn.Module):
+        for t in module.parameters():
+            return t.device
+        for t in module.buffers():
+            return t.device
+    return default
 
 
 @contextmanager

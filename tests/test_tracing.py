@@ -170,3 +170,14 @@ def test_eval_mode_restores_mixed_flags_even_on_error():
             assert not any(m.training for m in net.modules())
             raise RuntimeError("boom")
     assert [m.training for m in net.modules()] == before
+
+
+def test_module_device_reads_parameters_then_buffers_then_default():
+    from torch import nn
+    from gan_monitor.tracing import module_device
+
+    assert module_device(nn.Linear(2, 2)) == torch.device("cpu")
+    bn = nn.BatchNorm2d(3, affine=False)         # buffers only
+    assert module_device(bn) == torch.device("cpu")
+    assert module_device(nn.ReLU(), None) is None
+    assert module_device("not a module", "fallback") == "fallback"
