@@ -14,10 +14,11 @@ and ``.../causal_top<n>_removed``.
 """
 from __future__ import annotations
 
-import warnings
 from typing import Any, Sequence
 
 import torch
+
+from .guarded import GuardedWork, logging_step
 
 __all__ = ["AceSchedule", "ACE_DOC"]
 
@@ -35,6 +36,8 @@ _OPTIONS = {"top_n", "n", "on_save", "every_n_epochs", "causal"}
 
 class AceSchedule:
     """The monitor's causal-effect logging (see the module docstring)."""
+
+    failures = GuardedWork.counted()
 
     def __init__(self, monitor, concepts: Sequence[str] | None = None, *, top_n: int = 20, n: int = 100,
                  on_save: bool = True, every_n_epochs: int | None = None, causal: bool = False):
@@ -60,8 +63,7 @@ class AceSchedule:
         self.on_save_enabled, self.every_n_epochs, self.causal = bool(on_save), every_n_epochs, bool(causal)
         self.last_step: int | None = None
         self.history: list[dict[str, Any]] = []  # {"step", "metrics"} per evaluation (runtime only)
-        self.failures = 0
-        self._warned = False
+        self._guard = GuardedWork("causal-effect evaluation")
 
     @staticmethod
     def check_options(options: dict | None) -> dict:
@@ -82,24 +84,13 @@ class AceSchedule:
     def _run(self, monitor, trainer, pl_module, after_batch: bool) -> None:
         if monitor.last_result is None:
             return  # nothing dissected yet: no IoU ranking to ablate
-        loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
-        raw = getattr(loop, "_batches_that_stepped", None)
-        step = monitor.batches_seen if raw is None else int(raw) + int(after_batch)
+        step = logging_step(trainer, monitor.batches_seen, after_batch)
         if self.last_step is not None and step <= self.last_step:
             return  # one evaluation per step (several files saved at once, or save + epoch end)
-        try:
-            device = pl_module.device
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                metrics = self._measure(monitor, monitor.resolve_generator(pl_module), device)
-        except Exception as err:
-            if monitor.strict:
-                raise
-            self.failures += 1
-            if not self._warned:
-                self._warned = True
-                warnings.warn(f"gan_monitor: causal-effect evaluation at step {step} failed ({type(err).__name__}: "
-                              f"{err}). Training continues without it; later failures are not reported. Pass "
-                              "strict=True to DissectionMonitor to raise instead.", stacklevel=2)
+        device = pl_module.device
+        ok, metrics = self._guard.run(lambda: self._measure(monitor, monitor.resolve_generator(pl_module), device),
+                                      step=step, device=device, strict=monitor.strict)
+        if not ok:
             return
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)

@@ -12,7 +12,6 @@ Two classes share one implementation: :class:`DissectionMonitor` for
 from __future__ import annotations
 
 import time
-import warnings
 from typing import Any, Callable, Sequence
 
 import torch
@@ -20,6 +19,7 @@ from torch import nn
 
 from .ace_schedule import ACE_DOC, AceSchedule
 from .fid_schedule import FID_DOC, UnitFIDSchedule
+from .guarded import GuardedWork, logging_step
 from .held_out import HeldOutSample
 
 __all__ = ["DissectionMonitor", "DissectionMonitorPL"]
@@ -46,6 +46,8 @@ def _describe(generator) -> str:
 
 class _MonitorLogic:
     """The callback's behaviour, mixed into a framework's ``Callback`` class below."""
+
+    failures = GuardedWork.counted()
 
     def __init__(
         self,
@@ -139,10 +141,10 @@ class _MonitorLogic:
         self.batches_seen = 0  # training batches completed (not optimizer steps)
         self.last_step: int | None = None  # logger step of the last dissection
         self.history: list[dict[str, Any]] = []
-        self.failures = 0
+        self._guard = GuardedWork("dissection")  # warn-once-or-strict; counts failures
         # runtime only
         self.last_result = None
-        self._warned_failure = False
+
 
     @property
     def n(self) -> int:
@@ -263,34 +265,22 @@ class _MonitorLogic:
     def _log_step(self, trainer, after_batch: bool) -> int:
         """Step on Lightning's logging axis: batches that stepped (what ``self.log``
         uses), counting the current batch in ``on_train_batch_end``."""
-        loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
-        step = getattr(loop, "_batches_that_stepped", None)
-        step = self.batches_seen if step is None else int(step) + int(after_batch)
+        step = logging_step(trainer, self.batches_seen, after_batch)
         if self.last_step is not None and step <= self.last_step:
             step = self.last_step + 1  # never log one step twice
         return step
 
     def _dissect(self, trainer, pl_module, step: int) -> None:
         started = time.perf_counter()
-        try:
-            device = pl_module.device
-            fork_devices = [device] if device.type == "cuda" else []
-            with torch.random.fork_rng(devices=fork_devices):
-                result, examples = self._measure(trainer, pl_module, device)
-                self.last_step = step  # from here on this step counts as logged
-                self._writer.write(trainer.loggers, result, step, examples)
-        except Exception as err:
-            if self.strict:
-                raise
-            self.failures += 1
-            if not self._warned_failure:
-                self._warned_failure = True
-                warnings.warn(
-                    f"gan_monitor: dissection at step {step} failed ({type(err).__name__}: {err}). "
-                    "Training continues without it; later failures are not reported. "
-                    "Pass strict=True to DissectionMonitor to raise instead.",
-                    stacklevel=2,
-                )
+
+        def work():
+            result, examples = self._measure(trainer, pl_module, pl_module.device)
+            self.last_step = step  # from here on this step counts as logged
+            self._writer.write(trainer.loggers, result, step, examples)
+            return result
+
+        ok, result = self._guard.run(work, step=step, device=pl_module.device, strict=self.strict)
+        if not ok:
             return
         self.last_result = result
         self.history.append({

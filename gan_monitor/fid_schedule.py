@@ -21,11 +21,12 @@ artifact ablation keep working after a resume; top-image indices are not kept.
 """
 from __future__ import annotations
 
-import warnings
 from typing import Any, Sequence
 
 import torch
 from torch import nn
+
+from .guarded import GuardedWork, logging_step
 
 __all__ = ["UnitFIDSchedule", "FID_DOC"]
 
@@ -58,6 +59,8 @@ def _positive_int(name: str, value, allow_none: bool = False):
 class UnitFIDSchedule:
     """The monitor's per-unit FID and artifact ablation (see the module docstring).
     ``enabled`` is False when no ``real_stats`` were given."""
+
+    failures = GuardedWork.counted()
 
     def __init__(self, monitor, real_stats=None, extractor=None, *, k: int = 50,
                  layers: str | Sequence[str] | None = None, every_n_steps: int | None = None,
@@ -114,13 +117,12 @@ class UnitFIDSchedule:
         self.last_batches: int | None = None
         self.fids: dict[str, torch.Tensor] = {}  # layer -> [U] float64
         self.ablation_step: int | None = None
-        self.failures = 0
+        self._guard = GuardedWork("per-unit FID", later="later per-unit FID failures")
         # runtime only
         self.last_result: dict[str, Any] = {}  # layer -> UnitFID
         self.last_ablation: dict[str, Any] = {}  # layer -> ArtifactAblation
         self.steps: list[int] = []  # logging steps of the per-unit FIDs computed in this process
         self.ablation_steps: list[int] = []
-        self._warned = False
 
     # ---- state -----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -168,25 +170,16 @@ class UnitFIDSchedule:
 
     # ---- the work ----------------------------------------------------------------------
     def _run(self, monitor, trainer, pl_module, what: str, work, after_batch: bool) -> None:
-        loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
-        raw = getattr(loop, "_batches_that_stepped", None)
-        step = monitor.batches_seen if raw is None else int(raw) + int(after_batch)
-        try:
-            device = pl_module.device
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                generator = monitor.resolve_generator(pl_module)
-                if isinstance(self.extractor, nn.Module):
-                    self.extractor.to(device)
-                work(monitor, trainer, generator, monitor.sample.inputs(generator, device), device, step)
-        except Exception as err:
-            if monitor.strict:
-                raise
-            self.failures += 1
-            if not self._warned:
-                self._warned = True
-                warnings.warn(f"gan_monitor: {what} at step {step} failed ({type(err).__name__}: {err}). Training "
-                              "continues without it; later per-unit FID failures are not reported. Pass "
-                              "strict=True to DissectionMonitor to raise instead.", stacklevel=2)
+        step = logging_step(trainer, monitor.batches_seen, after_batch)
+        device = pl_module.device
+
+        def run():
+            generator = monitor.resolve_generator(pl_module)
+            if isinstance(self.extractor, nn.Module):
+                self.extractor.to(device)
+            work(monitor, trainer, generator, monitor.sample.inputs(generator, device), device, step)
+
+        self._guard.run(run, step=step, device=device, strict=monitor.strict, what=what)
 
     def _rich(self, monitor, trainer) -> list:
         return monitor._writer.rich_loggers(trainer.loggers) if monitor.log_images else []
