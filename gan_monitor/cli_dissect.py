@@ -50,7 +50,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="threshold mode (default quantile)")
     p.add_argument("--cutoff", type=float, default=0.05, help="IoU from which a unit is interpretable")
     p.add_argument("--segmenter", default="toyworld",
-                   help="'toyworld' (the shipped toy segmenter) or pkg.mod:function returning a segmenter")
+                   help="'toyworld' (shipped toy segmenter), 'color' (basic colour terms), 'ade20k:PATH_OR_HUB_ID' "
+                        "(transformers ADE20K model, e.g. ade20k:nvidia/segformer-b0-finetuned-ade-512-512), "
+                        "'hf:PATH_OR_HUB_ID' (any transformers segmentation model) or pkg.mod:function returning "
+                        "a segmenter; append +parts for object parts (tree-t, tree-b, tree-l, tree-r)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
     p.add_argument("--images", type=int, default=5, help="top images per unit picture (default 5)")
@@ -61,25 +64,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def load_segmenter_spec(spec: str, device: str = "cpu"):
-    """``"toyworld"`` or ``"pkg.mod:function"`` -> a segmenter on ``device``."""
-    from .checkpoints import CheckpointError, import_object
-    from .segmenters import validate_segmenter
+    """A --segmenter spec -> a segmenter on ``device`` (forms: gan_monitor.segmenter_specs)."""
+    from . import segmenter_specs
 
-    if spec == "toyworld":
-        from .toyworld.segmenter import load_segmenter
-
-        return load_segmenter(device)
-    if ":" not in spec:
-        raise CommandError(f"unknown segmenter {spec!r}; use 'toyworld' or pkg.module:function.")
     try:
-        seg = import_object(spec, "--segmenter")()
-    except CheckpointError as err:
-        raise CommandError(str(err)) from err
-    try:
-        validate_segmenter(seg)
-    except (TypeError, ValueError) as err:
+        return segmenter_specs.load_segmenter_spec(spec, device)
+    except (ValueError, ImportError, OSError) as err:
         raise CommandError(f"--segmenter {spec}: {err}") from err
-    return seg.to(device) if hasattr(seg, "to") else seg
 
 
 def _folder_name(path: Path, used: set[str]) -> str:
