@@ -5,12 +5,16 @@ monitored layer and each concept of ``ace_concepts`` it ablates the layer's top-
 units by IoU with the concept (from the monitor's latest dissection) on the first
 ``n`` images of the monitor's held-out sample, and logs the fraction of the
 concept's pixels removed; optionally (costlier) it also optimises the causal unit
-set (``causal.causal_units``) and logs what its top-n remove. It runs at every
+set (``causal.causal_units``, one epoch over ``n`` further images drawn from the
+held-out sample's seed + 1, so the evaluation images stay unseen by the
+optimisation) and logs what its top-n remove. It runs at every
 checkpoint save (``on_save``, default) and/or every ``every_n_epochs`` epochs,
 under ``torch.random.fork_rng`` and the monitor's warn-or-strict failure policy.
 
 Logged scalars (every logger): ``gan_monitor/<layer>/ace/<concept>/iou_top<n>_removed``
-and ``.../causal_top<n>_removed``.
+and ``.../causal_top<n>_removed``. ``state_dict`` / ``load_state_dict`` keep the
+step of the last evaluation, the failure count and the history of logged values
+across checkpoints (the monitor stores them under its ``"ace"`` key).
 """
 from __future__ import annotations
 
@@ -62,8 +66,24 @@ class AceSchedule:
         self.concepts, self.top_n, self.n = concepts, int(top_n), int(n)
         self.on_save_enabled, self.every_n_epochs, self.causal = bool(on_save), every_n_epochs, bool(causal)
         self.last_step: int | None = None
-        self.history: list[dict[str, Any]] = []  # {"step", "metrics"} per evaluation (runtime only)
+        self.history: list[dict[str, Any]] = []  # {"step", "metrics"} per evaluation (kept in checkpoints)
         self._guard = GuardedWork("causal-effect evaluation")
+
+    # ---- state -----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Plain Python values (safe for ``torch.load(weights_only=True)``)."""
+        return {"last_step": self.last_step, "failures": self.failures,
+                "history": [{"step": int(h["step"]), "metrics": {k: float(v) for k, v in h["metrics"].items()}}
+                            for h in self.history]}
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        """Restore ``state_dict()``'s values; ``None`` (a checkpoint from before this
+        state existed) resets to a fresh schedule."""
+        state = state or {}
+        last = state.get("last_step")
+        self.last_step = None if last is None else int(last)
+        self.failures = int(state.get("failures", 0))
+        self.history = [{"step": int(h["step"]), "metrics": dict(h["metrics"])} for h in state.get("history", [])]
 
     @staticmethod
     def check_options(options: dict | None) -> dict:
@@ -100,11 +120,14 @@ class AceSchedule:
 
     def _measure(self, monitor, generator, device) -> dict[str, float]:
         from .causal import causal_units
-        from .inputs import index_inputs
+        from .inputs import index_inputs, make_inputs
         from .intervention import ace
 
         inputs = monitor.sample.inputs(generator, device)
         inputs = index_inputs(inputs, torch.arange(min(self.n, monitor.sample.n)))
+        optimise_on = None  # images the causal optimisation sees: not the evaluation images
+        if self.causal:
+            optimise_on = make_inputs(generator, self.n, monitor.sample.seed + 1, monitor.sample.input_fn, device)
         metrics = {}
         for layer, dissection in monitor.last_result.items():
             m = min(self.top_n, dissection.num_units)
@@ -115,7 +138,8 @@ class AceSchedule:
                         batch_size=monitor.batch_size, device=device)
                 metrics[f"gan_monitor/{layer}/ace/{concept}/iou_top{m}_removed"] = r.fraction_removed
                 if self.causal:
-                    cu = causal_units(generator, layer, concept, segmenter=monitor.segmenter, inputs=inputs,
+                    cu = causal_units(generator, layer, concept, segmenter=monitor.segmenter, inputs=optimise_on,
+                                      seed=monitor.sample.seed + 1, input_fn=monitor.sample.input_fn,
                                       dissection=dissection, top_n=m, evaluate=False, epochs=1,
                                       batch_size=min(16, monitor.batch_size), device=device)
                     r = ace(generator, layer, cu.ranking[:m], concept, segmenter=monitor.segmenter, inputs=inputs,

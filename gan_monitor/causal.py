@@ -11,11 +11,12 @@ but could appear (``k`` = the concept's insertion values):
 ``p_c`` is the segmenter's differentiable probability of the concept. Each term
 is scored at its own locations (the removal term where c was, the insertion term
 where it was not). Locations are sampled per image: ones where c is present in
-the output, and equally many where c is absent but appears when every unit is
-set to ``k`` everywhere. ``a`` starts at ``IoU_u / max_v IoU_v``, is optimised with
-Adam and clamped to [0, 1] after each step; units are ranked by ``a``. The top-n
-set is then evaluated by ablation (``intervention.ace``) against the top-n IoU
-units and n random units (Fig. 4).
+the output, and equally many where c is absent but appears there when every unit
+is set to ``k`` at that location alone. ``a`` starts at ``IoU_u / max_v IoU_v``, is
+optimised with Adam and clamped to [0, 1] after each step; units are ranked by
+``a``. The top-n set is then evaluated (``intervention.ace``) against the top-n IoU
+units and n random units (Fig. 4), by ablation, by insertion and by the ACE of
+Eq. 4, ``(E[s_c(inserted)] - E[s_c(ablated)]) / E[s_c(x)]``.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from .segmenters import validate_segmenter
 from .tracing import Edit, eval_mode, module_device, resolve_layer
 
 __all__ = ["causal_units", "CausalUnits", "check_differentiable", "contextual_insertion", "ContextualInsertion",
-           "trace_effects"]
+           "trace_effects", "TraceEffects"]
 
 
 def check_differentiable(segmenter) -> None:
@@ -59,6 +60,7 @@ class CausalUnits:
         top_n: size of the evaluated sets; sets: ``{"causal", "iou", "random"}`` -> units.
         evaluation: the same keys -> ``AceResult`` of ablating that set
             (``.fraction_removed``).
+        insertion: the same keys -> ``AceResult`` of inserting that set everywhere.
     """
 
     layer: str
@@ -70,9 +72,25 @@ class CausalUnits:
     top_n: int
     sets: dict[str, list[int]] = field(default_factory=dict)
     evaluation: dict[str, AceResult] = field(default_factory=dict)
+    insertion: dict[str, AceResult] = field(default_factory=dict)
 
     def fractions_removed(self) -> dict[str, float]:
         return {name: result.fraction_removed for name, result in self.evaluation.items()}
+
+    def effects(self) -> dict[str, dict[str, float]]:
+        """Per evaluated set: ``removed`` (fraction of c's pixels removed by ablation),
+        ``inserted`` (normalised gain by insertion) and ``ace`` =
+        ``(E[s_c(inserted)] - E[s_c(ablated)]) / E[s_c(x)]`` (Eq. 4; same images)."""
+        out = {}
+        for name, ablated in self.evaluation.items():
+            inserted = self.insertion.get(name)
+            row = {"removed": ablated.fraction_removed}
+            if inserted is not None:
+                row["inserted"] = inserted.mean
+                gap = float(inserted.after.double().mean() - ablated.after.double().mean())
+                row["ace"] = gap / ablated.normaliser if ablated.normaliser > 0 else float("nan")
+            out[name] = row
+        return out
 
 
 def _iou_init(generator, layer, segmenter, c, iou, dissection, inputs, batch_size, device) -> torch.Tensor:
@@ -106,23 +124,44 @@ def _masked_mean(probs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (probs * big).sum() / big.sum().clamp_min(1.0)
 
 
-def _candidates(generator, segmenter, layer, batch, c, k, shape, device):
-    """Removal candidates (c present) and insertion candidates (absent, present when
-    every unit is set to k everywhere), both ``[N, h, w]`` bool at featuremap resolution."""
+def _present(segmenter, images, c, shape) -> torch.Tensor:
+    """``[N, h, w]`` bool: concept ``c`` segmented anywhere in each location's output block."""
+    return F.adaptive_max_pool2d(presence(segmenter, images)[:, c:c + 1], shape[1:])[:, 0] > 0
+
+
+def _candidates(generator, segmenter, layer, batch, c, k, shape, tries, gen):
+    """Removal candidates (c present) and insertion candidates, ``[N, h, w]`` bool.
+
+    An insertion candidate is a location p where c is absent but appears (in p's own
+    output block) when every unit is set to k at p alone. Testing every location costs
+    h*w passes, so ``tries`` random absent locations per image are tested, one per pass
+    (each image its own location); the ones where c appears are kept.
+    """
     with torch.no_grad():
-        present = F.adaptive_max_pool2d(presence(segmenter, call_generator(generator, batch))[:, c:c + 1],
-                                        shape[1:])[:, 0] > 0
-        with Edit(generator, layer, units=list(range(shape[0])), value=k):
-            inserted = call_generator(generator, batch)
-        could = F.adaptive_max_pool2d(presence(segmenter, inserted)[:, c:c + 1], shape[1:])[:, 0] > 0
-    return present.cpu(), (could & ~present).cpu()
+        present = _present(segmenter, call_generator(generator, batch), c, shape)
+        absent = (~present).flatten(1).float().cpu()
+        order = (torch.rand(absent.shape, generator=gen) * absent - (1 - absent)).argsort(1, descending=True)
+        insertable = torch.zeros_like(absent, dtype=torch.bool)
+        rows = torch.arange(absent.shape[0])
+        for t in range(min(int(tries), absent.shape[1])):
+            where = order[:, t]
+            tried = absent[rows, where] > 0
+            if not tried.any():
+                break
+            mask = torch.zeros_like(absent)
+            mask[rows, where] = tried.float()
+            mask = mask.view(-1, *shape[1:]).to(present.device)
+            with Edit(generator, layer, units=list(range(shape[0])), value=k, mask=mask):
+                appeared = _present(segmenter, call_generator(generator, batch), c, shape)
+            insertable[rows, where] |= tried & appeared.flatten(1).cpu()[rows, where]
+    return present.cpu(), insertable.view(present.shape)
 
 
 def causal_units(generator: nn.Module, layer: str, concept: str | int, *, segmenter, n: int = 200, seed: int = 0,
                  input_fn: Callable | None = None, inputs: Any = None, dissection=None, iou=None,
                  values: torch.Tensor | None = None, epochs: int = 10, lr: float = 0.01, penalty: float = 0.005,
-                 batch_size: int = 16, locations: int = 1, top_n: int = 20, eval_n: int = 100,
-                 evaluate: bool = True, device=None) -> CausalUnits:
+                 batch_size: int = 16, locations: int = 1, tries: int = 4, top_n: int = 20,
+                 eval_n: int = 100, evaluate: bool = True, device=None) -> CausalUnits:
     """Rank the units of ``layer`` by their causal effect on ``concept`` (Eq. 5-6).
 
     Args:
@@ -132,6 +171,7 @@ def causal_units(generator: nn.Module, layer: str, concept: str | int, *, segmen
         values: insertion values ``[C, U]`` or ``[U]``; default computed on seed + 1.
         lr, penalty: Adam learning rate and L2 weight (reference: 0.01, 0.005).
         locations: removal (and as many insertion) locations sampled per image.
+        tries: absent locations per image tested for insertability in each batch.
         top_n, eval_n, evaluate: size of the evaluated sets, images used (seed + 2).
     """
     validate_segmenter(segmenter)
@@ -162,7 +202,7 @@ def causal_units(generator: nn.Module, layer: str, concept: str | int, *, segmen
             for start in range(0, n, batch_size):
                 batch = index_inputs(inputs, order[start:start + batch_size])
                 batch = move_inputs(batch, device)
-                present, insertable = _candidates(generator, segmenter, layer, batch, c, k, shape, device)
+                present, insertable = _candidates(generator, segmenter, layer, batch, c, k, shape, tries, gen)
                 remove_at = _sample_locations(present, locations, gen).to(device)
                 insert_at = _sample_locations(insertable, locations, gen).to(device)
                 loss = penalty * a.norm()
@@ -191,9 +231,11 @@ def causal_units(generator: nn.Module, layer: str, concept: str | int, *, segmen
         result.sets = {"causal": ranking[:m],
                        "iou": torch.argsort(a0, descending=True, stable=True)[:m].tolist(),
                        "random": sorted(perm[:m].tolist())}
+        held_out = make_inputs(generator, eval_n, seed + 2, input_fn)
         for name, units in result.sets.items():
-            result.evaluation[name] = ace(generator, layer, units, c, segmenter=segmenter, n=eval_n, seed=seed + 2,
-                                          input_fn=input_fn, batch_size=batch_size, device=device)
+            for mode, store in (("ablate", result.evaluation), ("insert", result.insertion)):
+                store[name] = ace(generator, layer, units, c, segmenter=segmenter, mode=mode, inputs=held_out,
+                                  values=k.cpu(), seed=seed + 2, batch_size=batch_size, device=device)
     return result
 
 
@@ -279,12 +321,26 @@ def _first_label(segmenter, images: torch.Tensor) -> torch.Tensor:
     return seg if seg.dim() == 3 else seg[:, 0]
 
 
+class TraceEffects(dict):
+    """``{later layer: normalised change}`` in execution order (a plain dict), plus
+    ``maps``: ``{later layer: float [h, w]}``, the same change per featuremap location
+    (per channel, mean |edited - original| at that location over the sample divided
+    by the channel's mean |original|, averaged over channels); a layer's value is the
+    mean of its map."""
+
+    def __init__(self, changes: dict[str, float], maps: dict[str, torch.Tensor]):
+        super().__init__(changes)
+        self.maps = maps
+
+
 def trace_effects(generator: nn.Module, layer: str, units, *, value=0.0, mask=None, n: int = 20, seed: int = 0,
-                  input_fn: Callable | None = None, inputs: Any = None, device=None) -> dict[str, float]:
-    """After editing ``units`` of ``layer`` (to ``value``, within ``mask``), the change
-    of every later featuremap layer (S-6.5): per channel, mean |edited - original|
-    divided by the channel's mean |original|, averaged over channels. Ordered by
-    execution; channels that are always 0 count as 0 change when unchanged."""
+                  input_fn: Callable | None = None, inputs: Any = None, device=None) -> TraceEffects:
+    """After editing ``units`` of ``layer`` (to ``value``, within ``mask`` [h, w] or
+    [n, h, w] at the layer's resolution), the change of every later featuremap layer
+    (S-6.5): per channel, mean |edited - original| divided by the channel's mean
+    |original|, averaged over channels; ``.maps`` has it per location. Ordered by
+    execution; channels that are always 0 count their raw change."""
+    from .intervention import _check_region, check_units
     from .tracing import Trace, layer_names
     device = torch.device(device) if device is not None else module_device(generator)
     if inputs is None:
@@ -296,14 +352,18 @@ def trace_effects(generator: nn.Module, layer: str, units, *, value=0.0, mask=No
         with Trace(generator, names, detach=True) as trace:
             call_generator(generator, batch)
         original = dict(trace.outputs)
-        with Edit(generator, layer, units=units, value=value, mask=mask), \
+        if layer not in original:
+            raise ValueError(f"layer {layer!r} did not run in the forward pass.")
+        shape = tuple(original[layer].shape[1:])
+        units = check_units(units, shape[0], layer)
+        region = _check_region(mask, shape, num_samples(inputs))
+        region = region.to(device) if region is not None else None
+        with Edit(generator, layer, units=units, value=value, mask=region), \
                 Trace(generator, names, detach=True) as trace:
             call_generator(generator, batch)
         edited = dict(trace.outputs)
     order = list(original)
-    if layer not in order:
-        raise ValueError(f"layer {layer!r} did not run in the forward pass.")
-    changes = {}
+    changes, maps = {}, {}
     for name in order[order.index(layer) + 1:]:
         r, r2 = original[name], edited.get(name)
         if not (isinstance(r, torch.Tensor) and r.dim() == 4 and isinstance(r2, torch.Tensor)) or name == layer:
@@ -311,6 +371,8 @@ def trace_effects(generator: nn.Module, layer: str, units, *, value=0.0, mask=No
         if layer.startswith(name + ".") or name == "":
             continue  # a container of the edited layer
         scale = r.abs().mean((0, 2, 3))
-        diff = (r2 - r).abs().mean((0, 2, 3))
-        changes[name] = float(torch.where(scale > 0, diff / scale.clamp_min(1e-12), diff).mean())
-    return changes
+        diff = (r2 - r).abs().mean(0)  # [C, H, W]
+        per_channel = torch.where(scale[:, None, None] > 0, diff / scale.clamp_min(1e-12)[:, None, None], diff)
+        maps[name] = per_channel.mean(0).float().cpu()
+        changes[name] = float(maps[name].double().mean())
+    return TraceEffects(changes, maps)

@@ -5,6 +5,11 @@ sample grids.
     python scripts/train_toygan.py --minutes 15 --threads 2 --docs-grid docs/toygan_samples.png
     python scripts/train_toygan.py --iterations 1500     # stop after 1500 iterations
 
+The toy GAN of the README's intervention numbers (``runs/toygan_ace``; 1 thread):
+
+    python scripts/train_toygan.py --seed 0 --iterations ITER --minutes 0 --threads 1 \
+        --g-channels 512 128 64 32 --ema-decay 0.999 --ckpt-every 500 --out runs/toygan_ace
+
 One iteration = one discriminator update + one generator update on one batch
 (Lightning's ``global_step`` counts optimizer steps, i.e. two per iteration).
 Writes under ``--out`` (default ``runs/toygan``): ``toygan.ckpt`` (load it with
@@ -94,6 +99,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--latent-dim", type=int, default=None)
     p.add_argument("--g-norm", choices=["pixel", "batch"], default=None)
     p.add_argument("--d-norm", choices=["spectral", "batch"], default=None)
+    p.add_argument("--g-channels", type=int, nargs="+", default=None,
+                   help="generator widths from 4x4 upwards, e.g. 512 128 64 32 (default 256 128 64 32)")
+    p.add_argument("--ema-decay", type=float, default=None,
+                   help="keep an exponential moving average of the generator (e.g. 0.999); "
+                        "grids then show it")
     args = p.parse_args(argv)
     if args.minutes <= 0 and args.iterations is None:
         p.error("give a positive --minutes or an --iterations count")
@@ -110,6 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
         for k, v in dict(
             batch_size=args.batch_size, num_scenes=args.num_scenes, lr_g=args.lr_g,
             lr_d=args.lr_d, latent_dim=args.latent_dim, g_norm=args.g_norm, d_norm=args.d_norm,
+            g_channels=tuple(args.g_channels) if args.g_channels else None, ema_decay=args.ema_decay,
         ).items()
         if v is not None
     }
@@ -134,7 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
                 self.history.append({"iteration": self.iterations, "seconds": round(seconds, 1), **metrics})
                 print(f"iteration {self.iterations}  {seconds:7.1f} s  "
                       f"{self.iterations / seconds:.2f} it/s  {metrics}", flush=True)
-                images = save_samples(module.generator, out / f"samples_iter{self.iterations}.png")
+                images = save_samples(module.eval_generator(), out / f"samples_iter{self.iterations}.png")
                 self.strips.append((self.iterations, images[:8]))
             if args.ckpt_every and self.iterations % args.ckpt_every == 0:
                 trainer.save_checkpoint(out / f"toygan_iter{self.iterations}.ckpt")
@@ -156,9 +167,9 @@ def main(argv: list[str] | None = None) -> dict:
     trainer.fit(model)
     seconds = time.perf_counter() - (progress.start or setup_start)
     trainer.save_checkpoint(out / "toygan.ckpt")
-    final = save_samples(model.generator, out / "samples.png")
+    final = save_samples(model.eval_generator(), out / "samples.png")
     if args.docs_grid is not None:
-        save_samples(model.generator, args.docs_grid, n=32, scale=1)  # small: grain does not compress
+        save_samples(model.eval_generator(), args.docs_grid, n=32, scale=1)  # small: grain does not compress
     if progress.strips:
         strips = progress.strips
         if strips[-1][0] != progress.iterations:

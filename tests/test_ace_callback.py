@@ -55,3 +55,45 @@ def test_ace_option_errors():
     with pytest.raises(ValueError, match="never evaluated"):
         monitor(ace_concepts=["red"], ace_options={"on_save": False})
     assert not monitor().ace.enabled
+
+
+class SoftColorSegmenter(ColorSegmenter):
+    """ColorSegmenter with differentiable probabilities (a sharp softmax over the channels)."""
+
+    def probabilities(self, images):
+        p = torch.softmax(images * 20, dim=1)
+        return torch.cat([torch.zeros_like(p[:, :1]), p], 1)
+
+
+def test_causal_option_logged_and_state_survives_checkpoints(tmp_path):
+    from gan_monitor.ace_schedule import AceSchedule
+    from gan_monitor.causal import causal_units
+    from gan_monitor.inputs import make_inputs
+
+    seg = SoftColorSegmenter()
+    mon = monitor(segmenter=seg, ace_concepts=["red"],
+                  ace_options={"every_n_epochs": 1, "on_save": False, "top_n": 3, "n": 8, "causal": True})
+    torch.manual_seed(5)
+    model = TinyGAN()
+    trainer(tmp_path, [mon]).fit(model)
+    assert mon.ace.failures == 0 and [h["step"] for h in mon.ace.history] == [3, 6]
+    metrics = mon.ace.history[-1]["metrics"]
+    key = "gan_monitor/layer2/ace/red/causal_top3_removed"
+    assert key in metrics and "gan_monitor/layer1/ace/red/iou_top3_removed" in metrics
+    # the same number directly: optimised on seed + 1 images, evaluated on the held-out ones
+    gen, dissection = model.generator, mon.last_result["layer2"]
+    cu = causal_units(gen, "layer2", "red", segmenter=seg, inputs=make_inputs(gen, 8, mon.sample.seed + 1),
+                      seed=mon.sample.seed + 1, dissection=dissection, top_n=3, evaluate=False, epochs=1,
+                      batch_size=8)
+    inputs = index_inputs(mon.sample.inputs(gen, "cpu"), torch.arange(8))
+    assert metrics[key] == pytest.approx(ace(gen, "layer2", cu.ranking[:3], "red", segmenter=seg,
+                                             inputs=inputs).fraction_removed, abs=1e-6)
+    # state: plain values through torch.save / torch.load(weights_only=True)
+    path = tmp_path / "ace_state.pt"
+    mon.ace.failures = 1
+    torch.save(mon.ace.state_dict(), path)
+    fresh = AceSchedule(monitor(segmenter=seg), ["red"], causal=True)
+    fresh.load_state_dict(torch.load(path, weights_only=True))
+    assert fresh.history == mon.ace.history and fresh.last_step == 6 and fresh.failures == 1
+    fresh.load_state_dict(None)  # a checkpoint without this state
+    assert fresh.history == [] and fresh.last_step is None and fresh.failures == 0

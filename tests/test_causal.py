@@ -91,3 +91,84 @@ def test_trace_effects_normalised_change_of_later_layers(world):
     expected = ((after - before).abs().mean((0, 2, 3)) / before.abs().mean((0, 2, 3))).mean()
     assert changes["render"] == pytest.approx(float(expected), rel=1e-5) and changes["render"] > 0.05
     assert trace_effects(g, "features", DECOY, n=10, seed=2) == {"render": 0.0, "upsample": 0.0}
+
+
+def test_insertion_candidates_tested_per_location_match_brute_force(world):
+    from gan_monitor.causal import _candidates
+    from gan_monitor.inputs import make_inputs
+    from gan_monitor.intervention import insertion_values
+    g, s = world
+    k = insertion_values(g, "features", s, n=40, seed=9)[2]
+    z = make_inputs(g, 6, seed=4)
+    present, insertable = _candidates(g, s, "features", z, 2, k, (20, 8, 8), 64, torch.Generator().manual_seed(0))
+    labels = s.segment(g(z))
+    for i in range(6):
+        for y in range(8):
+            for x in range(8):
+                here = bool((labels[i, 4 * y:4 * y + 4, 4 * x:4 * x + 4] == 2).any())
+                assert bool(present[i, y, x]) == here
+                if here:
+                    assert not insertable[i, y, x]
+                    continue
+                mask = torch.zeros(8, 8)
+                mask[y, x] = 1
+                with gan_monitor.Edit(g, "features", units=list(range(20)), value=k, mask=mask):
+                    edited = s.segment(g(z[i:i + 1]))[0]
+                appears = bool((edited[4 * y:4 * y + 4, 4 * x:4 * x + 4] == 2).any())
+                assert bool(insertable[i, y, x]) == appears, (i, y, x)
+    assert insertable.sum() > 0 and present.sum() > 0
+    # with fewer tries, only tested (hence fewer) locations are kept, all of them genuine
+    _, few = _candidates(g, s, "features", z, 2, k, (20, 8, 8), 2, torch.Generator().manual_seed(0))
+    assert (few & ~insertable).sum() == 0 and 0 < few.flatten(1).sum(1).max() <= 2
+
+
+def test_evaluation_reports_insertion_and_ace(world):
+    from gan_monitor.inputs import make_inputs
+    from gan_monitor.intervention import insertion_values
+    g, s = world
+    iou = torch.full((20,), 0.05)
+    iou[TREE] = 1.0
+    values = insertion_values(g, "features", s, n=40, seed=9)
+    result = causal_units(g, "features", "tree", segmenter=s, n=16, iou=iou, values=values, epochs=1, top_n=4,
+                          eval_n=24, seed=5)
+    effects = result.effects()
+    assert set(effects) == {"causal", "iou", "random"} and set(effects["causal"]) == {"removed", "inserted", "ace"}
+    # brute force on the same held-out images (seed + 2)
+    z = make_inputs(g, 24, seed=7)
+    frac = lambda images: (s.segment(images) == 2).float().mean((1, 2))  # noqa: E731
+    before = frac(g(z)).mean()
+    units = result.sets["causal"]
+    with gan_monitor.Edit(g, "features", units=units, value=0.0):
+        ablated = frac(g(z)).mean()
+    with gan_monitor.Edit(g, "features", units=units, value=values[2]):
+        inserted = frac(g(z)).mean()
+    assert effects["causal"]["removed"] == pytest.approx(float((before - ablated) / before), abs=1e-5)
+    assert effects["causal"]["inserted"] == pytest.approx(float((inserted - before) / before), abs=1e-5)
+    assert effects["causal"]["ace"] == pytest.approx(float((inserted - ablated) / before), abs=1e-5)
+    assert effects["causal"]["inserted"] > 1.0 and effects["causal"]["ace"] > 1.9
+
+
+def test_trace_effects_maps_and_bad_inputs(world):
+    from gan_monitor.causal import trace_effects
+    from gan_monitor.inputs import make_inputs
+    g, s = world
+    left = torch.zeros(8, 8)
+    left[:, :4] = 1
+    changes = trace_effects(g, "features", TREE, mask=left, n=10, seed=2)
+    assert set(changes.maps) == {"render", "upsample"} and changes.maps["render"].shape == (8, 8)
+    z = make_inputs(g, 10, seed=2)
+    r = g.features(z)
+    before = g.render(r)
+    r[:, TREE] = r[:, TREE] * (1 - left)
+    after = g.render(r)
+    expected = ((after - before).abs().mean(0) / before.abs().mean((0, 2, 3))[:, None, None]).mean(0)
+    assert torch.allclose(changes.maps["render"], expected, atol=1e-6)
+    assert changes["render"] == pytest.approx(float(expected.mean()), rel=1e-5)
+    assert changes.maps["render"][:, 4:].abs().max() == 0 and changes.maps["render"][:, :4].max() > 0
+    with pytest.raises(IndexError, match=r"\[20\] are out of range"):
+        trace_effects(g, "features", [1, 20], n=4)
+    with pytest.raises(ValueError, match=r"region has shape \(4, 4\).*8x8"):
+        trace_effects(g, "features", TREE, mask=torch.ones(4, 4), n=4)
+    from gan_monitor.causal import contextual_insertion
+    with pytest.raises(IndexError, match="out of range"):
+        contextual_insertion(g, "features", [99], "door", segmenter=s, n=2)

@@ -177,3 +177,36 @@ def test_training_steps_update_both_networks_and_checkpoint_round_trips(tmp_path
     loaded.eval()
     with torch.no_grad():
         torch.testing.assert_close(loaded(z), images, rtol=0, atol=0)
+
+
+def test_ema_generator_averages_weights_and_round_trips(tmp_path):
+    import copy
+
+    model = ToyGAN(ema_decay=0.9, **TINY)
+    assert model.eval_generator() is model.generator_ema and ToyGAN(**TINY).generator_ema is None
+    start = copy.deepcopy(model.generator)
+    trainer = _trainer(iterations=1)
+    torch.manual_seed(0)
+    trainer.fit(model)
+    for name, avg in model.generator_ema.named_parameters():  # one step: 0.9 w0 + 0.1 w1
+        w0, w1 = start.get_parameter(name), model.generator.get_parameter(name)
+        assert torch.allclose(avg, 0.9 * w0 + 0.1 * w1, atol=1e-6), name
+    assert not any(p.requires_grad for p in model.generator_ema.parameters())
+    path = tmp_path / "ema.ckpt"
+    trainer.save_checkpoint(path)  # refreshes the average's batch-norm statistics first
+    # brute force: running mean = mean over the 32 seeded batches of each batch's mean
+    g = copy.deepcopy(model.generator_ema).train()
+    inputs = []
+    hook = g.layer2.norm.register_forward_pre_hook(lambda m, a: inputs.append(a[0].mean((0, 2, 3))))
+    z = torch.randn(32 * 64, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for chunk in z.split(64):
+            g(chunk)
+    hook.remove()
+    expected = torch.stack(inputs).mean(0)
+    assert torch.allclose(model.generator_ema.layer2.norm.running_mean, expected, atol=1e-5)
+    loaded = load_toygan(str(path))
+    for (name, a), b in zip(model.generator_ema.state_dict().items(), loaded.generator_ema.state_dict().values()):
+        assert torch.equal(a, b), name
+    with pytest.raises(ValueError, match="ema_decay must be in"):
+        ToyGAN(ema_decay=1.0, **TINY)

@@ -266,6 +266,11 @@ class ToyGAN(pl.LightningModule):
         data_seed: seed of the scene renderer and of the shuffling order.
         g_norm: ``"batch"`` (default) or ``"pixel"`` normalisation in the generator.
         d_norm: ``"batch"`` (default) or ``"spectral"`` normalisation in the discriminator.
+        ema_decay: if > 0, also keep ``generator_ema``, an exponential moving average of
+            the generator's weights (``w_ema <- decay * w_ema + (1 - decay) * w`` after
+            every generator step), usually cleaner images; ``refresh_ema_batch_norm``
+            recomputes its batch-norm statistics (done before every checkpoint save).
+            ``eval_generator`` returns it (or ``generator`` when off). Default 0: off.
 
     Logs ``g_loss`` and ``d_loss``. Latents during training come from the global RNG
     (seed it, e.g. ``lightning.pytorch.seed_everything``); data rendering and
@@ -286,8 +291,12 @@ class ToyGAN(pl.LightningModule):
         data_seed: int = 0,
         g_norm: str = "batch",
         d_norm: str = "batch",
+        ema_decay: float = 0.0,
     ):
         super().__init__()
+        if not 0.0 <= float(ema_decay) < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1) (0 turns the average off), got {ema_decay}; "
+                             "typical values are 0.999 or 0.9999.")
         if batch_size < 1 or num_scenes < batch_size:
             raise ValueError(
                 f"need 1 <= batch_size <= num_scenes, got batch_size={batch_size}, "
@@ -297,6 +306,55 @@ class ToyGAN(pl.LightningModule):
         self.automatic_optimization = False
         self.generator = ToyGenerator(latent_dim, image_size, g_channels, g_norm)
         self.discriminator = ToyDiscriminator(image_size, d_channels, d_norm)
+        self.generator_ema = None
+        if ema_decay > 0:
+            self.generator_ema = ToyGenerator(latent_dim, image_size, g_channels, g_norm)
+            self.generator_ema.load_state_dict(self.generator.state_dict())
+            self.generator_ema.requires_grad_(False)
+
+    def eval_generator(self) -> ToyGenerator:
+        """The generator to look at: ``generator_ema`` if kept, else ``generator``."""
+        return self.generator if self.generator_ema is None else self.generator_ema
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        decay = float(self.hparams.ema_decay)
+        for avg, cur in zip(self.generator_ema.parameters(), self.generator.parameters()):
+            avg.lerp_(cur.detach(), 1.0 - decay)
+        for avg, cur in zip(self.generator_ema.buffers(), self.generator.buffers()):
+            avg.copy_(cur)  # batch-norm statistics of the live generator until refreshed
+
+    @torch.no_grad()
+    def refresh_ema_batch_norm(self, batches: int = 32, batch_size: int = 64, seed: int = 0) -> None:
+        """Recompute ``generator_ema``'s batch-norm running statistics as plain averages
+        over ``batches`` batches of seeded latents (its own weights, not the live
+        generator's, produced the statistics then). No-op without an EMA generator or
+        batch norm; the global RNG is left alone."""
+        g = self.generator_ema
+        norms = [m for m in (g.modules() if g is not None else []) if isinstance(m, nn.BatchNorm2d)]
+        if not norms:
+            return
+        was_training, momenta = g.training, [m.momentum for m in norms]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the batches below
+        g.train()
+        device = next(g.parameters()).device
+        z = torch.randn(batches * batch_size, g.latent_dim, generator=torch.Generator().manual_seed(seed))
+        for chunk in z.to(device).split(batch_size):
+            g(chunk)
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        g.train(was_training)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.generator_ema is None:
+            return
+        self.refresh_ema_batch_norm()
+        state = checkpoint.get("state_dict")
+        if state is not None:  # the state dict was taken before this hook ran
+            for name, value in self.generator_ema.state_dict().items():
+                state[f"generator_ema.{name}"] = value.detach().clone()
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.generator(z)
@@ -342,6 +400,8 @@ class ToyGAN(pl.LightningModule):
         self.manual_backward(g_loss)
         opt_g.step()
         self.untoggle_optimizer(opt_g)
+        if self.generator_ema is not None:
+            self._update_ema()
 
         self.log_dict({"g_loss": g_loss.detach(), "d_loss": d_loss.detach()}, prog_bar=True)
 
