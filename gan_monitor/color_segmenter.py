@@ -116,7 +116,7 @@ class ColorSegmenter(nn.Module):
                             "convert uint8 pictures with x.float() / 127.5 - 1.")
         lo, hi = self.value_range
         if images.numel():
-            mn, mx = float(images.min()), float(images.max())
+            mn, mx = float(images.detach().min()), float(images.detach().max())
             if mn < lo - self.tolerance or mx > hi + self.tolerance:
                 hint = (" They look like [0, 255] pictures: use x / 127.5 - 1." if mx > 2 else
                         " If they are in [-1, 1], use ColorSegmenter(value_range=(-1, 1))." if lo == 0 else "")
