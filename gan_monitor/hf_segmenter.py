@@ -257,7 +257,16 @@ class HFSegmenter(nn.Module):
             from transformers import AutoModelForUniversalSegmentation as Loader
         else:
             from transformers import AutoModelForSemanticSegmentation as Loader
-        model = Loader.from_pretrained(name, **where)
+        from transformers.utils import logging as hf_logging
+
+        bar = hf_logging.is_progress_bar_enabled() and looks_local
+        if bar:  # no "Loading weights" bar for local folders (hub downloads keep their progress)
+            hf_logging.disable_progress_bar()
+        try:
+            model = Loader.from_pretrained(name, **where)
+        finally:
+            if bar:
+                hf_logging.enable_progress_bar()
         if preprocessing is None:
             try:
                 preprocessing, _ = ImageProcessingMixin.get_image_processor_dict(name, **where)
