@@ -4,6 +4,8 @@ Thin glue: scheduling, held-out inputs, checkpoint state and error policy live
 here; the numbers come from :func:`gan_monitor.dissection.dissect`, the pictures
 from :mod:`gan_monitor.unit_images`/:mod:`gan_monitor.visualize` and the logging
 from :mod:`gan_monitor.sinks`; per-unit FID from :mod:`gan_monitor.fid_schedule`.
+Under DDP every rank dissects its shard of the held-out sample and holds the same
+result (:mod:`gan_monitor.monitor_ranks`); per-unit FID and causal effects run on rank 0.
 
 Two classes share one implementation: :class:`DissectionMonitor` for
 ``lightning.pytorch`` and :class:`DissectionMonitorPL` for ``pytorch_lightning``
@@ -205,20 +207,23 @@ class _MonitorLogic:
         self.batches_seen += 1
         if self._skip(trainer):
             return
-        self.unit_fid.after_batch(self, trainer, pl_module)  # first: a dissection at this batch uses its FIDs
+        if trainer.is_global_zero:  # first: a dissection at this batch uses its FIDs
+            self.unit_fid.after_batch(self, trainer, pl_module)
         if self.every_n_steps is not None and self.batches_seen % self.every_n_steps == 0:
             self._dissect(trainer, pl_module, self._log_step(trainer, after_batch=True))
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if self._skip(trainer):
             return
-        self.unit_fid.epoch_end(self, trainer, pl_module)
+        if trainer.is_global_zero:
+            self.unit_fid.epoch_end(self, trainer, pl_module)
         if self.every_n_epochs is not None and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
             self._dissect(trainer, pl_module, self._log_step(trainer, after_batch=False))
-        self.ace.epoch_end(self, trainer, pl_module)
+        if trainer.is_global_zero:
+            self.ace.epoch_end(self, trainer, pl_module)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
-        if not self._skip(trainer):
+        if not self._skip(trainer) and trainer.is_global_zero:
             self.unit_fid.on_save(self, trainer, pl_module)
             self.ace.on_save(self, trainer, pl_module)
 
@@ -258,9 +263,8 @@ class _MonitorLogic:
             )
         return gen
 
-    def _skip(self, trainer) -> bool:
-        return bool(trainer.sanity_checking or getattr(trainer, "fast_dev_run", False)
-                    or not trainer.is_global_zero)
+    def _skip(self, trainer) -> bool:  # the same on every rank
+        return bool(trainer.sanity_checking or getattr(trainer, "fast_dev_run", False))
 
     def _log_step(self, trainer, after_batch: bool) -> int:
         """Step on Lightning's logging axis: batches that stepped (what ``self.log``
@@ -271,15 +275,11 @@ class _MonitorLogic:
         return step
 
     def _dissect(self, trainer, pl_module, step: int) -> None:
+        from .monitor_ranks import dissect_and_log
+
         started = time.perf_counter()
-
-        def work():
-            result, examples = self._measure(trainer, pl_module, pl_module.device)
-            self.last_step = step  # from here on this step counts as logged
-            self._writer.write(trainer.loggers, result, step, examples)
-            return result
-
-        ok, result = self._guard.run(work, step=step, device=pl_module.device, strict=self.strict)
+        ok, result = self._guard.run(lambda: dissect_and_log(self, trainer, pl_module, step), step=step,
+                                     device=pl_module.device, strict=self.strict)
         if not ok:
             return
         self.last_result = result
@@ -290,30 +290,9 @@ class _MonitorLogic:
             **({"unit_fid_step": self.unit_fid.last_step} if self.unit_fid.max_unit_fid is not None else {}),
         })
 
-    def _measure(self, trainer, pl_module, device):
-        from .dissection import dissect
-        from .unit_images import top_unit_examples
-
-        generator = self.resolve_generator(pl_module)
-        inputs = self.sample.inputs(generator, device)
-        result = dissect(
-            generator, self.layers, self.segmenter, inputs=inputs, n=self.sample.n,
-            seed=self.sample.seed, input_fn=self.sample.input_fn, threshold=self.threshold,
-            quantile=self.quantile, iou=self.iou, cutoff=self.cutoff, batch_size=self.batch_size,
-            device=device, topk=self.top_images, **self.dissect_options, **self.unit_fid.dissect_filter(),
-        )
-        examples = None
-        if self.log_images and self._writer.rich_loggers(trainer.loggers):
-            examples = {
-                layer: top_unit_examples(generator, inputs, ld, self.top_units, self.top_images,
-                                         device=device)
-                for layer, ld in result.items()
-            }
-        return result, examples
-
 
 _MANAGED = {"generator", "layers", "segmenter", "inputs", "n", "seed", "input_fn", "threshold", "quantile",
-            "iou", "cutoff", "batch_size", "device", "topk", "progress"}
+            "iou", "cutoff", "batch_size", "device", "topk", "progress", "distributed"}
 
 
 def _check_dissect_options(options) -> dict[str, Any]:
@@ -369,6 +348,13 @@ _DOC = """Dissect generator layers during training and log what emerges.
     ``units_per_concept`` and ``top_units`` (images) and ``interpretable_units_table``
     (text) to TensorBoard. ``history`` keeps every dissection's summary numbers and
     ``last_result`` the last :class:`~gan_monitor.results.DissectionResult`.
+
+    Under DDP (e.g. ``Trainer(strategy="ddp", devices=N)``) every rank dissects its share
+    ``rank::N`` of the held-out sample at the same batches; all ranks hold the same
+    result, history and scalars (equal to one process dissecting rank 0's generator);
+    pictures are built and logged on rank 0 only. A failure on any rank abandons that
+    dissection on every rank (the warning names the rank). Per-unit FID and causal
+    effects run on rank 0 only.
     """
 
 

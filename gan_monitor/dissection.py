@@ -27,9 +27,15 @@ The generator (and the segmenter, if it is an ``nn.Module``) runs in eval mode
 under ``torch.no_grad()``; every submodule's training flag is restored afterwards
 and the global RNG is never used.
 
-Distributed use: ``LayerTally``/``LevelTally`` are torchmetrics ``Metric`` objects
-whose states all reduce by sum, and ``thresholds.TopValues.merge`` merges exact top
-values, so each process can dissect its shard and reduce.
+Distributed (``distributed=`` a ``gan_monitor.distributed`` communicator): every rank
+draws the same held-out inputs and dissects its shard (samples ``rank::world_size``);
+the result is identical on every rank and to one process. Integer tallies are summed;
+the seeded pixel subsamples are defined by global sample index and their top values
+gathered; exact quantiles are selected by bisection over counts summed across ranks
+(``ActivePixels.kth_largest_across``); top-sample lists are merged. Each rank's local
+work runs in ``distributed.run_phase``: if one rank fails, all abandon together and the
+error names the failing rank(s). Ranks must hold the same generator parameters (checked);
+rank 0's buffers (e.g. BatchNorm statistics) are used on every rank.
 """
 from __future__ import annotations
 
@@ -40,14 +46,17 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .inputs import call_generator, iterate_batches, make_inputs, num_samples
+from .distributed import (check_identical, fingerprint, merge_top_samples, rank_zero_buffers, resolve,
+                          run_phase, sum_states)
+from .inputs import make_inputs, num_samples
 from .results import DissectionResult, LayerDissection
-from .segmenters import validate_segmentation, validate_segmenter
-from .quantile_tally import collect, exact_thresholds, guess_floors, interpolate_at
+from .sampling import Sampler as _Sampler, compact_labels as _compact_labels
+from .segmenters import validate_segmenter
+from .quantile_tally import collect, exact_thresholds, floor_index, guess_floors, interpolate_at
 from .tallies import (LayerTally, TopSamples, category_index, concept_presence, dedupe_labels, encode_segmentation,
                       image_chunks, upsample)
 from .thresholds import LevelTally, PixelSubsample, level_fractions, quantile_rank, score_levels
-from .tracing import Trace, _as_layer_list, eval_mode, module_device, resolve_layer
+from .tracing import _as_layer_list, eval_mode, module_device, resolve_layer
 
 __all__ = ["dissect", "upsample", "DissectionResult", "LayerDissection", "IQR_SEED_OFFSET"]
 
@@ -57,67 +66,11 @@ IQR_SEED_OFFSET = 1_000_003
 QUANTILE_SUBSAMPLE = 16384
 
 
-class _Sampler:
-    """Runs generator + segmenter over inputs in batches and checks what comes back."""
-
-    def __init__(self, generator, segmenter, layers, batch_size, device, progress):
-        self.generator, self.segmenter, self.layers = generator, segmenter, layers
-        self.batch_size, self.device, self.progress = batch_size, device, progress
-        self.n_concepts = len(segmenter.concepts)
-        self.size: tuple[int, int] | None = None
-
-    def batches(self, inputs, desc: str) -> Iterable[tuple[int, dict[str, torch.Tensor], torch.Tensor]]:
-        n = num_samples(inputs)
-        bar = tqdm(total=n, desc=desc, disable=not self.progress, leave=False)
-        for start, batch in iterate_batches(inputs, self.batch_size, self.device):
-            with Trace(self.generator, self.layers, require_featuremap=True) as trace:
-                images = call_generator(self.generator, batch)
-            acts = {name: trace[name] for name in self.layers}
-            b = next(iter(acts.values())).shape[0]
-            seg = validate_segmentation(self.segmenter.segment(images), b, self.n_concepts)
-            seg = seg.to(next(iter(acts.values())).device)
-            self._check(start, acts, seg)
-            bar.update(b)
-            yield start, acts, seg
-        bar.close()
-
-    def _check(self, start: int, acts: dict[str, torch.Tensor], seg: torch.Tensor) -> None:
-        size = (int(seg.shape[-2]), int(seg.shape[-1]))
-        if self.size is None:
-            self.size = size
-        elif size != self.size:
-            raise ValueError(f"segment() returned {size[0]}x{size[1]} maps after {self.size[0]}x{self.size[1]}; "
-                             "every segmentation of a dissection must have the same size.")
-        empty = ~(seg.flatten(1) > 0).any(1)
-        if empty.any():
-            which = (empty.nonzero().flatten() + start).tolist()
-            raise ValueError(
-                f"the segmenter found no concept at all (every pixel label 0) in held-out sample(s) {which[:10]}; "
-                "dissection needs labelled pixels in every image. Check that the segmenter fits these images "
-                "(value range [-1, 1], concept list) or leave such inputs out."
-            )
-        for name, a in acts.items():
-            if a.shape[0] != seg.shape[0]:
-                raise ValueError(f"layer {name!r} produced {a.shape[0]} featuremaps for {seg.shape[0]} images.")
-            bad = ~torch.isfinite(a)
-            if bad.any():
-                units = bad.transpose(0, 1).flatten(1).any(1).nonzero().flatten().tolist()
-                raise ValueError(
-                    f"layer {name!r} has NaN/inf activations in units {units[:20]}"
-                    f"{' ...' if len(units) > 20 else ''} (samples from {start}); fix the generator "
-                    "(e.g. a diverged checkpoint) before dissecting."
-                )
-
-
-def _compact_labels(seg: torch.Tensor, n_concepts: int) -> torch.Tensor:
-    return seg.to(torch.uint8 if n_concepts <= 256 else torch.int32)
-
-
 def _quantile_pass(sampler, inputs, layers, quantile, topk, seed, settings):
     """Quantile mode: pass 1 runs the generator, caches featuremaps and labels and
     samples pixels; then, layer by layer, the blocks that can hold "on" pixels are
     upsampled to find the exact thresholds and count the "on" pixels (``quantile_tally``)."""
-    n = num_samples(inputs)
+    n, comm = num_samples(inputs), sampler.comm
     categories = list(sampler.segmenter.categories)
     cat_names, concept_category = category_index(categories)
     cache: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
@@ -125,52 +78,76 @@ def _quantile_pass(sampler, inputs, layers, quantile, topk, seed, settings):
     samples: dict[str, TopSamples] = {}
     labels, shows = [], []
     positions = None
-    for start, acts, seg in sampler.batches(inputs, "dissect: sample"):
-        size = sampler.size
-        pixels = size[0] * size[1]
-        if positions is None:
-            per_image = max(1, min(pixels, math.ceil(QUANTILE_SUBSAMPLE / n)))
-            gen = torch.Generator().manual_seed(int(seed))
-            positions = torch.randint(pixels, (n, per_image), generator=gen).to(seg.device)
-        b = seg.shape[0]
-        for name, a in acts.items():
-            picked[name].append(interpolate_at(a, positions[start:start + b], size))
-            samples.setdefault(name, TopSamples(a.shape[1], topk, device=a.device)).update(a, start)
-            cache[name].append(a)
-        lab = dedupe_labels(seg.flatten(2))
-        labels.append(_compact_labels(lab, sampler.n_concepts))
-        shows.append(concept_presence(lab, len(categories), concept_category, len(cat_names))[1])
+
+    def sample_pass():
+        nonlocal positions
+        for start, acts, seg in sampler.batches(inputs, "dissect: sample"):
+            size = sampler.size
+            pixels = size[0] * size[1]
+            if positions is None:  # drawn for every global sample index: the same on every rank
+                per_image = max(1, min(pixels, math.ceil(QUANTILE_SUBSAMPLE / n)))
+                gen = torch.Generator().manual_seed(int(seed))
+                positions = torch.randint(pixels, (n, per_image), generator=gen).to(seg.device)
+            b = seg.shape[0]
+            ids = sampler.global_ids(start, b, seg.device)
+            for name, a in acts.items():
+                picked[name].append(interpolate_at(a, positions[ids], size))
+                samples.setdefault(name, TopSamples(a.shape[1], topk, device=a.device)).update(a, start, ids)
+                cache[name].append(a)
+            lab = dedupe_labels(seg.flatten(2))
+            labels.append(_compact_labels(lab, sampler.n_concepts))
+            shows.append(concept_presence(lab, len(categories), concept_category, len(cat_names))[1])
+
+    run_phase(comm, "dissection (generator and segmenter)", sample_pass)
+    check_identical(comm, "segmentation sizes", torch.tensor(sampler.size), "segment() must return one size.")
     size = sampler.size
     pixels = size[0] * size[1]
     rank = quantile_rank(quantile, n * pixels) + 1
     settings.update(quantile_rank=rank - 1, quantile_subsample=int(positions.numel()))
     all_labels, all_shows = torch.cat(labels), torch.cat(shows)
+    floors = _floors(picked, layers, rank, n * pixels, int(positions.numel()), comm)
     thresholds, tallies = {}, {}
-    for name in tqdm(layers, desc="dissect: tally", disable=not sampler.progress, leave=False):
-        units = cache[name][0].shape[1]
-        sample = torch.cat(picked.pop(name)).transpose(0, 1).reshape(units, -1)
-        floors, _ = guess_floors(sample, rank, n * pixels)
-        kept = collect(cache[name], size, floors)
-        t, exact = kept.kth_largest(rank)
+    for name in tqdm(layers, desc="dissect: tally", disable=not sampler.progress or comm.rank > 0, leave=False):
+        kept = run_phase(comm, "dissection (collect)", lambda: collect(cache[name], size, floors[name]))
+        t, exact = kept.kth_largest(rank) if comm.world_size == 1 else kept.kth_largest_across(rank, comm)
         redo = (~exact).nonzero().flatten()
         if redo.numel():  # guess too high (ties): exact thresholds for these units, then collect again
-            t[redo] = exact_thresholds(cache[name], size, rank, redo)
-        tally = LayerTally(t, categories).to(t.device)
-        for lab in labels:
-            tally.add_images(lab.view(lab.shape[0], lab.shape[1], *size).long())
-        skip = t.clone()
-        skip[redo] = math.inf
-        batches = [kept.above(skip)]
-        if redo.numel():
-            again = collect(cache[name], size, t[redo], units=redo)
-            batches.append((redo[u], pos) for u, pos in again.above(t[redo]))
-        for chunks in batches:
-            for unit, pos in chunks:
-                tally.add_active(unit, pos, all_labels, all_shows)
-        thresholds[name], tallies[name] = t, tally
+            t[redo] = exact_thresholds(cache[name], size, rank, redo, comm)
+
+        def count():
+            tally = LayerTally(t, categories).to(t.device)
+            for lab in labels:
+                tally.add_images(lab.view(lab.shape[0], lab.shape[1], *size).long())
+            skip = t.clone()
+            skip[redo] = math.inf
+            batches = [kept.above(skip)]
+            if redo.numel():
+                again = collect(cache[name], size, t[redo], units=redo)
+                batches.append((redo[u], pos) for u, pos in again.above(t[redo]))
+            for chunks in batches:
+                for unit, pos in chunks:
+                    tally.add_active(unit, pos, all_labels, all_shows)
+            return tally
+
+        thresholds[name], tallies[name] = t, run_phase(comm, "dissection (count)", count)
         del kept
         cache[name] = []
     return thresholds, tallies, samples
+
+
+def _floors(picked, layers, rank, pixels, total, comm) -> dict[str, torch.Tensor]:
+    """Per-layer floors from the seeded subsample (``guess_floors``); several ranks send
+    each unit's top ``floor_index + 1`` picked values, for all layers in one gather."""
+    sample = {}
+    for name in layers:
+        parts = picked.pop(name)
+        sample[name] = torch.cat(parts).transpose(0, 1).reshape(parts[0].shape[1], -1)
+    if comm.world_size > 1:
+        top = floor_index(total, rank, pixels) + 1
+        mine = torch.cat([v.topk(min(top, v.shape[1]), dim=1).values for v in sample.values()])
+        merged = torch.cat(comm.gather(mine), 1).split([v.shape[0] for v in sample.values()])
+        sample = dict(zip(sample, merged))
+    return {name: guess_floors(v, rank, pixels, total)[0] for name, v in sample.items()}
 
 
 def _replay(cache, segs, thresholds_or_levels, categories, desc, progress, tally_cls=LayerTally):
@@ -187,25 +164,33 @@ def _replay(cache, segs, thresholds_or_levels, categories, desc, progress, tally
 
 def _iqr_levels(sampler, inputs, layers, seed, n_levels, max_fraction, subsample, settings):
     """Choose each unit's level (and IQR label) on the separate held-out sample."""
-    n = num_samples(inputs)
+    n, comm = num_samples(inputs), sampler.comm
     fractions = level_fractions(n_levels, 1e-3, max_fraction)
     cache: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
     segs: list[torch.Tensor] = []
     subs: dict[str, PixelSubsample] = {}
-    for start, acts, seg in sampler.batches(inputs, "dissect: iqr sample"):
-        height, width = sampler.size
-        per_image = max(1, min(height * width, math.ceil(subsample / n)))
-        for name, a in acts.items():
-            if name not in subs:
-                subs[name] = PixelSubsample(n, height * width, per_image, seed, device=a.device)
-            positions = subs[name].positions[start:start + a.shape[0]]
-            subs[name].update(interpolate_at(a, positions, (height, width)), start)
-            cache[name].append(a)
-        segs.append(_compact_labels(seg, sampler.n_concepts))
+
+    def sample_pass():
+        for start, acts, seg in sampler.batches(inputs, "dissect: iqr sample"):
+            height, width = sampler.size
+            per_image = max(1, min(height * width, math.ceil(subsample / n)))
+            ids = sampler.global_ids(start, seg.shape[0], seg.device)
+            for name, a in acts.items():
+                if name not in subs:  # positions drawn for every global sample index
+                    subs[name] = PixelSubsample(n, height * width, per_image, seed, device=a.device)
+                positions = subs[name].positions[ids]
+                subs[name].update(interpolate_at(a, positions, (height, width)), start)
+                cache[name].append(a)
+            segs.append(_compact_labels(seg, sampler.n_concepts))
+
+    run_phase(comm, "dissection (iqr sample: generator and segmenter)", sample_pass)
+    check_identical(comm, "segmentation sizes", torch.tensor(sampler.size), "segment() must return one size.")
     settings["iqr_subsample"] = int(subs[layers[0]].positions.numel())
-    levels = {name: subs[name].levels(fractions.to(subs[name].positions.device)) for name in layers}
-    tallies = _replay(cache, segs, levels, sampler.segmenter.categories, "dissect: iqr levels",
-                      sampler.progress, tally_cls=LevelTally)
+    levels = {name: subs[name].levels(fractions.to(subs[name].positions.device), comm) for name in layers}
+    tallies = run_phase(comm, "dissection (iqr levels)", lambda: _replay(
+        cache, segs, levels, sampler.segmenter.categories, "dissect: iqr levels",
+        sampler.progress and comm.rank == 0, tally_cls=LevelTally))
+    sum_states(list(tallies.values()), comm)
     return levels, tallies, fractions
 
 
@@ -223,13 +208,30 @@ def _pick_levels(levels, tally, variant, min_lift, fractions, quantile):
     return thresholds, label, fallback, best, fractions[level.cpu()]
 
 
+def _check_ranks_agree(comm, generator, inputs, n) -> None:
+    """Every rank must hold the same generator parameters and held-out inputs."""
+    from .held_out import checksum
+
+    if n < comm.world_size:
+        raise ValueError(f"{n} held-out samples cannot be split over {comm.world_size} ranks; use n >= world size.")
+
+    def local():
+        digest = torch.tensor(list(bytes.fromhex(checksum(inputs))), dtype=torch.float64)
+        return torch.cat([fingerprint(generator.parameters()), digest])
+
+    check_identical(comm, "the generator's parameters or the held-out inputs",
+                    run_phase(comm, "dissection (checking the ranks agree)", local),
+                    "every rank must dissect the same generator on the same inputs (same seed and input_fn).")
+
+
 def dissect(generator: nn.Module, layers: str | Iterable[str], segmenter, *, inputs: Any = None,
             n: int = 1000, seed: int = 0, input_fn: Callable | None = None, threshold: str = "quantile",
             quantile: float = 0.01, iou: str = "plain", cutoff: float = 0.05, batch_size: int = 32,
             device: torch.device | str | None = None, topk: int = 8, iqr_inputs: Any = None,
             iqr_n: int | None = None, iqr_levels: int = 100, iqr_max_fraction: float = 0.2,
             iqr_min_lift: float = 2.0, iqr_subsample: int = 65536, progress: bool = False,
-            unit_fid: dict[str, Any] | None = None, max_unit_fid: float | None = None) -> DissectionResult:
+            unit_fid: dict[str, Any] | None = None, max_unit_fid: float | None = None,
+            distributed: Any = None) -> DissectionResult:
     """Dissect ``layers`` of ``generator`` with ``segmenter`` (paper Eq. 2, METHOD.md 1).
 
     Args:
@@ -258,6 +260,10 @@ def dissect(generator: nn.Module, layers: str | Iterable[str], segmenter, *, inp
             (never interpretable, whatever their IoU), since segmenters misfire on
             unrealistic images. Adds ``extras["unit_fid"]``, ``extras["unrealistic"]``
             and ``settings["max_unit_fid"]``.
+        distributed: ``None`` (one process) or a ``gan_monitor.distributed`` communicator
+            (``TorchDistributed()``; ``True``: torch.distributed's default group). Every rank
+            must call ``dissect`` with the same arguments; each dissects the samples
+            ``rank::world_size`` and all return the result of one process.
 
     Returns a ``DissectionResult`` with one ``LayerDissection`` per layer. A unit's
     label is its best-IoU concept (quantile mode) or best-IQR concept (iqr mode; a
@@ -300,10 +306,13 @@ def dissect(generator: nn.Module, layers: str | Iterable[str], segmenter, *, inp
     n = num_samples(inputs)
     settings: dict[str, Any] = {"threshold": threshold, "quantile": quantile, "iou": iou, "cutoff": cutoff,
                                 "n": n, "seed": seed, "inputs": "drawn" if drawn else "given", "topk": topk}
-    sampler = _Sampler(generator, segmenter, layers, batch_size, device, progress)
+    comm = resolve(distributed)
+    if comm.world_size > 1:
+        _check_ranks_agree(comm, generator, inputs, n)
+    sampler = _Sampler(generator, segmenter, layers, batch_size, device, progress, comm)
     extras: dict[str, dict[str, Any]] = {name: {} for name in layers}
     labels: dict[str, torch.Tensor] = {}
-    with eval_mode(generator, segmenter), torch.no_grad():
+    with eval_mode(generator, segmenter), torch.no_grad(), rank_zero_buffers(generator, comm):
         if threshold == "quantile":
             thresholds, tallies, samples = _quantile_pass(sampler, inputs, layers, quantile, topk, seed, settings)
         else:
@@ -323,11 +332,18 @@ def dissect(generator: nn.Module, layers: str | Iterable[str], segmenter, *, inp
             del level_tallies
             tallies = {name: LayerTally(thresholds[name], categories).to(device) for name in layers}
             samples = {}
-            for start, acts, seg in sampler.batches(inputs, "dissect: tally"):
-                enc = tallies[layers[0]].encode(seg)
-                for name, a in acts.items():
-                    samples.setdefault(name, TopSamples(a.shape[1], topk, device=a.device)).update(a, start)
-                    tallies[name].update(a, enc)
+
+            def tally_pass():
+                for start, acts, seg in sampler.batches(inputs, "dissect: tally"):
+                    enc = tallies[layers[0]].encode(seg)
+                    ids = sampler.global_ids(start, seg.shape[0], seg.device)
+                    for name, a in acts.items():
+                        samples.setdefault(name, TopSamples(a.shape[1], topk, device=a.device)).update(a, start, ids)
+                        tallies[name].update(a, enc)
+
+            run_phase(comm, "dissection (generator and segmenter)", tally_pass)
+        sum_states(list(tallies.values()), comm)
+        merge_top_samples(samples, comm)
     settings["segmentation_size"] = list(sampler.size)
     result: dict[str, LayerDissection] = {}
     for name in layers:

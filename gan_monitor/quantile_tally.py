@@ -37,9 +37,10 @@ import torch
 
 from .tallies import image_chunks, upsample
 from .upsample_blocks import AxisBlocks, PixelValues, neighbourhood_max, pick_arithmetic, taps
+from .distributed import run_phase
 from .thresholds import TopValues
 
-__all__ = ["interpolate_at", "guess_floors", "ActivePixels"]
+__all__ = ["interpolate_at", "floor_index", "guess_floors", "ActivePixels", "ordered_keys"]
 
 
 def interpolate_at(raw: torch.Tensor, positions: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -62,13 +63,20 @@ def interpolate_at(raw: torch.Tensor, positions: torch.Tensor, size: tuple[int, 
     return top * (1 - wy) + bottom * wy
 
 
-def guess_floors(samples: torch.Tensor, rank: int, pixels: int) -> tuple[torch.Tensor, int]:
+def floor_index(s: int, rank: int, pixels: int) -> int:
+    """Which of ``s`` sampled values (0 = largest) ``guess_floors`` takes as the floor."""
+    expected = rank / pixels * s
+    return min(s - 1, math.ceil(expected + 4 * math.sqrt(expected) + 16))  # P(too high) ~ 1e-7
+
+
+def guess_floors(samples: torch.Tensor, rank: int, pixels: int, total: int | None = None) -> tuple[torch.Tensor, int]:
     """Per-unit level below which the ``rank``-th largest of ``pixels`` values very likely
     does not lie, from ``samples`` ``[U, s]`` drawn uniformly from those values; and the
-    number of values expected above it (to size the buffers)."""
-    s = samples.shape[1]
-    expected = rank / pixels * s
-    index = min(s - 1, math.ceil(expected + 4 * math.sqrt(expected) + 16))  # P(too high) ~ 1e-7
+    number of values expected above it (to size the buffers). ``total``: the size of the
+    whole sample when ``samples`` holds only its top ``floor_index + 1`` values per unit
+    (e.g. merged from several processes)."""
+    s = samples.shape[1] if total is None else int(total)
+    index = floor_index(s, rank, pixels)
     return samples.topk(index + 1, dim=1).values[:, index], math.ceil(pixels * (index + 1) / s)
 
 
@@ -144,6 +152,54 @@ class ActivePixels:
                 result[u] = exact_values.sort(descending=True).values[rank - 1 - above]
         return result, exact
 
+    def kth_largest_across(self, rank: int, comm) -> tuple[torch.Tensor, torch.Tensor]:
+        """``kth_largest`` over the pixels every rank of ``comm`` kept (same floors on all
+        ranks, each over its own images); the same result on every rank.
+
+        The rank-th largest approximate value ``t`` is selected exactly by bisection on
+        order-preserving integer keys (32 rounds of a ``[U]`` count summed over ranks);
+        each rank then computes exact values of its pixels within ``2 d`` of ``t`` (``d``:
+        the largest slack of any rank), and those few values are gathered and ranked."""
+        n_units, device = self.floors.numel(), self.floors.device
+        count = comm.sum(self.count)
+        exact = count >= rank
+        slack = torch.stack(comm.gather(self.slack.float())).amax(0)
+        keys = ordered_keys(self.values)
+        span = 1 << 32
+        combined, _ = (self.unit.long() * span + (keys + (1 << 31))).sort()  # grouped by unit, ascending
+        units = torch.arange(n_units, device=device)
+        ends = torch.searchsorted(combined, (units + 1) * span)
+        lo = torch.full((n_units,), -(1 << 31), dtype=torch.long, device=device)  # count(key >= lo) >= rank
+        hi = torch.full((n_units,), 1 << 31, dtype=torch.long, device=device)  # count(key >= hi) < rank
+        for _ in range(32):
+            mid = torch.div(lo + hi, 2, rounding_mode="floor")
+            reached = comm.sum(ends - torch.searchsorted(combined, units * span + mid + (1 << 31))) >= rank
+            lo, hi = torch.where(reached, mid, lo), torch.where(reached, hi, mid)
+        t = keys_to_values(lo)
+        d = 2 * slack
+        exact &= t - d > self.floors  # else the band may reach below the floor: redo exactly
+        low, high = torch.repeat_interleave(t - d, self.stored), torch.repeat_interleave(t + d, self.stored)
+        above = comm.sum(torch.bincount(self.unit[self.values > high].long(), minlength=n_units))
+        band = ((self.values >= low) & (self.values <= high)).nonzero().flatten()
+        band = band[exact[self.unit[band].long()]]
+
+        def band_values():
+            return self.values[band] if self.exact_at is None else self._exact(band)
+
+        values = torch.cat(comm.gather(run_phase(comm, "exact quantiles", band_values).float()))
+        owners = torch.cat(comm.gather(self.unit[band].long()))
+        order = values.argsort(descending=True, stable=True)
+        values, owners = values[order], owners[order]
+        order = owners.argsort(stable=True)
+        values, owners = values[order], owners[order]
+        per_unit = torch.bincount(owners, minlength=n_units)
+        first = per_unit.cumsum(0) - per_unit
+        pick = first + rank - 1 - above
+        exact &= (pick >= first) & (pick < first + per_unit)
+        result = self.floors.clone()
+        result[exact] = values[pick[exact]]
+        return result, exact
+
     def above(self, thresholds: torch.Tensor):
         """Yield ``(units, positions)`` (long) of the kept pixels whose exact value is
         strictly above ``thresholds`` (at or above their floors; ``inf`` skips a unit)."""
@@ -161,14 +217,26 @@ class ActivePixels:
             yield self.unit.index_select(0, chosen).long(), self.positions.index_select(0, chosen).long()
 
 
-def exact_thresholds(cache: list[torch.Tensor], size: tuple[int, int], rank: int, units: torch.Tensor) -> torch.Tensor:
-    """Exact rank-th largest upsampled value of the given units, streaming over the cache."""
-    tv = TopValues(units.numel(), rank, device=cache[0].device)
-    for raw in cache:
-        part = raw[:, units]
-        for lo, hi in image_chunks(part.shape[0], part.shape[1] * size[0] * size[1]):
-            tv.update(upsample(part[lo:hi].float(), size).flatten(2))
-    return tv.result()
+def exact_thresholds(cache: list[torch.Tensor], size: tuple[int, int], rank: int, units: torch.Tensor,
+                     comm=None) -> torch.Tensor:
+    """Exact rank-th largest upsampled value of the given units, streaming over the cache
+    (with ``comm``, a ``distributed`` communicator: over every rank's cache)."""
+    def local() -> TopValues:
+        tv = TopValues(units.numel(), rank, device=cache[0].device)
+        for raw in cache:
+            part = raw[:, units]
+            for lo, hi in image_chunks(part.shape[0], part.shape[1] * size[0] * size[1]):
+                tv.update(upsample(part[lo:hi].float(), size).flatten(2))
+        return tv
+
+    if comm is None or comm.world_size == 1:
+        return local().result()
+    tv = run_phase(comm, "exact thresholds", local)
+    merged = TopValues(units.numel(), rank, device=tv.buffer.device)
+    for floor, buffer in zip(comm.gather(tv.floor), comm.gather(tv.buffer)):
+        merged.floor = torch.maximum(merged.floor, floor)
+        merged.update(buffer)
+    return merged.result()
 
 
 def collect(cache: list[torch.Tensor], size: tuple[int, int], floors: torch.Tensor,
@@ -271,3 +339,18 @@ def _collect_dense(maps: torch.Tensor, size: tuple[int, int], floors: torch.Tens
             unit = torch.full_like(flat, u + u0, dtype=torch.int32)
             parts.append((unit, (flat + lo * pixels).to(position_dtype), up[flat]))
     return parts
+
+
+_LOW_BITS = 0x7FFFFFFF
+
+
+def ordered_keys(values: torch.Tensor) -> torch.Tensor:
+    """int64 keys of float32 ``values`` in the same order (``-0.0`` counts as ``0.0``)."""
+    bits = (values.float() + 0.0).view(torch.int32).long()
+    return torch.where(bits >= 0, bits, bits ^ _LOW_BITS)
+
+
+def keys_to_values(keys: torch.Tensor) -> torch.Tensor:
+    """Inverse of ``ordered_keys``."""
+    bits = torch.where(keys >= 0, keys, keys ^ _LOW_BITS)
+    return bits.to(torch.int32).view(torch.float32)

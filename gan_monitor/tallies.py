@@ -309,13 +309,20 @@ class TopSamples:
         order = torch.argsort(values, dim=1, descending=True, stable=True)[:, : self.k]
         self.values, self.indices = values.gather(1, order), indices.gather(1, order)
 
-    def update(self, acts: torch.Tensor, start: int) -> None:
-        """``acts`` ``[B, U, h, w]`` of samples ``start .. start + B - 1``."""
+    def update(self, acts: torch.Tensor, start: int, ids: torch.Tensor | None = None) -> None:
+        """``acts`` ``[B, U, h, w]`` of samples ``start .. start + B - 1`` (or of the
+        sample indices ``ids`` ``[B]``, e.g. a process's shard of a held-out set)."""
         peak = acts.detach().flatten(2).amax(2).T.float()  # [U, B]
-        ids = torch.arange(start, start + acts.shape[0], device=acts.device).expand_as(peak)
+        if ids is None:
+            ids = torch.arange(start, start + acts.shape[0], device=acts.device)
+        ids = ids.to(acts.device, torch.long).expand_as(peak)
         self._keep_best(torch.cat([self.values.to(acts.device), peak], 1),
                         torch.cat([self.indices.to(acts.device), ids], 1))
 
     def merge(self, other: "TopSamples") -> None:
-        self._keep_best(torch.cat([self.values, other.values.to(self.values.device)], 1),
-                        torch.cat([self.indices, other.indices.to(self.indices.device)], 1))
+        self.merge_from(other.values, other.indices)
+
+    def merge_from(self, values: torch.Tensor, indices: torch.Tensor) -> None:
+        """Merge another instance's ``values`` and ``indices`` (e.g. another process's)."""
+        self._keep_best(torch.cat([self.values, values.to(self.values.device)], 1),
+                        torch.cat([self.indices, indices.to(self.indices.device)], 1))

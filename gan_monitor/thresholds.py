@@ -167,13 +167,20 @@ class PixelSubsample:
         self.parts.append(picked.transpose(0, 1).reshape(picked.shape[1], -1))
         self.starts.append(start)
 
-    def levels(self, fractions: torch.Tensor) -> torch.Tensor:
-        """``[U, L]`` ascending levels: the value with a fraction f of the subsample above it."""
+    def levels(self, fractions: torch.Tensor, comm=None) -> torch.Tensor:
+        """``[U, L]`` ascending levels: the value with a fraction f of the subsample above it.
+
+        ``comm`` (a ``distributed`` communicator): each rank took the picks of its own
+        images (``positions`` rows by global image index); each sends its top values and
+        every rank gets the levels of the whole subsample."""
         order = sorted(range(len(self.parts)), key=self.starts.__getitem__)
         values = torch.cat([self.parts[i] for i in order], 1)
-        size = values.shape[1]
+        size = self.positions.numel() if comm is not None else values.shape[1]
         index = torch.clamp(torch.ceil(fractions * size - 1e-9).long(), 0, size - 1)
-        ranked = values.topk(int(index.max()) + 1, dim=1, sorted=True).values  # only the top part is needed
+        top = int(index.max()) + 1
+        ranked = values.topk(min(top, values.shape[1]), dim=1, sorted=True).values  # only the top part is needed
+        if comm is not None and comm.world_size > 1:
+            ranked = torch.cat(comm.gather(ranked), 1).topk(top, dim=1, sorted=True).values
         return ranked[:, index.to(ranked.device)].contiguous()
 
 

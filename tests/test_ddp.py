@@ -1,0 +1,225 @@
+"""Distributed dissection: 2 CPU processes (gloo) give exactly the result of one process.
+
+* ``dissect(distributed=...)`` in processes started by ``torch.multiprocessing``: IoU
+  matrices, thresholds, labels and top samples identical to one process, both
+  threshold modes, on the planted world (its sparse and dead units exercise the
+  exact re-computation of tied quantiles); a rank whose segmenter raises makes every
+  rank raise an error that names it, without hanging.
+* ``DissectionMonitor`` under ``Trainer(strategy="ddp_spawn", devices=2)``: every rank
+  holds the same history, equal to one process dissecting rank 0's generator; a rank
+  whose segmenter raises: a warning naming it, training finishes on every rank.
+* ``gan-monitor dissect --devices 2`` writes what ``--devices 1`` writes.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from gan_monitor import distributed
+from gan_monitor.dissection import dissect
+from test_callback import N_HELD_OUT, ColorSegmenter, TinyGAN, TinyGenerator, monitor
+
+HERE = Path(__file__).parent
+pytestmark = pytest.mark.slow
+FIELDS = ("thresholds", "iou", "label_index", "unit_iou", "interpretable", "topk", "topk_values")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def assert_same_result(a, b):
+    assert list(a.layers) == list(b.layers)
+    assert a.settings == b.settings
+    for name in a.layers:
+        for field in FIELDS:
+            x, y = getattr(a[name], field), getattr(b[name], field)
+            assert x.dtype == y.dtype and torch.equal(x, y), (name, field)
+        assert a[name].settings == b[name].settings and a[name].extras == b[name].extras
+
+
+# ---- the communicator alone ---------------------------------------------------------------
+def test_single_process_communicator_is_the_identity():
+    comm = distributed.resolve(None)
+    t = torch.arange(5)
+    assert comm.rank == 0 and comm.world_size == 1
+    assert comm.sum(t) is t and comm.gather(t)[0] is t and comm.broadcast(t) is t
+    assert comm.vote(None) == {} and comm.vote("boom") == {0: "boom"}
+    with pytest.raises(KeyError):  # one process: errors propagate unchanged
+        distributed.run_phase(comm, "work", lambda: {}["missing"])
+    with pytest.raises(TypeError, match="communicator"):
+        distributed.resolve("gloo")
+
+
+# ---- dissect() in 2 processes -------------------------------------------------------------
+def _config(threshold: str, fail_rank: int | None = None):
+    sys.path.insert(0, str(HERE))
+    from planted_world import PlantedGenerator, PlantedSegmenter
+
+    class FailingSegmenter(PlantedSegmenter):
+        def segment(self, images):
+            raise RuntimeError("segmenter exploded")
+
+    torch.manual_seed(0)
+    generator = PlantedGenerator({"planted": 10, "sky": 2, "noise": 8, "sparse": 3, "dead": 1})
+    segmenter = PlantedSegmenter(multilabel=True)
+    kwargs = dict(n=37, seed=5, threshold=threshold, batch_size=8, topk=3, iqr_n=29, iqr_subsample=4096)
+    return generator, segmenter, FailingSegmenter(multilabel=True), kwargs
+
+
+def _dissect_worker(rank, world, port, out, threshold, fail_rank):
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=60))
+    try:
+        generator, segmenter, failing, kwargs = _config(threshold)
+        if rank == fail_rank:
+            segmenter = failing
+        try:
+            result = dissect(generator, ["features"], segmenter, distributed=distributed.TorchDistributed(),
+                             **kwargs)
+            torch.save({"result": result}, Path(out) / f"rank{rank}.pt")
+        except distributed.RankFailure as err:
+            (Path(out) / f"rank{rank}.err").write_text(str(err))
+    finally:
+        dist.destroy_process_group()
+
+
+def _spawn(tmp_path, threshold, fail_rank=None):
+    import torch.multiprocessing as mp
+
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    mp.spawn(_dissect_worker, args=(2, free_port(), str(tmp_path), threshold, fail_rank), nprocs=2, join=True)
+
+
+@pytest.mark.parametrize("threshold", ["quantile", "iqr"])
+def test_two_processes_equal_one(tmp_path, threshold):
+    _spawn(tmp_path, threshold)
+    generator, segmenter, _, kwargs = _config(threshold)
+    single = dissect(generator, ["features"], segmenter, **kwargs)
+    for rank in range(2):
+        got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)["result"]
+        assert_same_result(got, single)
+    ld = single["features"]
+    assert int(ld.interpretable.sum()) >= 5  # the planted units are found: the comparison is not vacuous
+    assert len(set(ld.topk.flatten().tolist())) > 3
+
+
+def test_a_failing_rank_is_named_and_every_rank_gives_up(tmp_path):
+    _spawn(tmp_path, "quantile", fail_rank=1)
+    messages = [(tmp_path / f"rank{r}.err").read_text() for r in range(2)]
+    assert messages[0] == messages[1]
+    assert "rank 1 of 2" in messages[0] and "segmenter exploded" in messages[0]
+
+
+# ---- DissectionMonitor under Trainer(strategy="ddp_spawn", devices=2) ------------------------
+class RankOneFailsOnce:
+    """The colour segmenter of test_callback, except that on rank 1 its 3rd call raises
+    (the held-out shard of 12 samples takes 2 batches: the 2nd dissection fails there)."""
+
+    concepts = ["-", "red", "green", "blue"]
+    categories = ["-", "color", "material", "material"]
+
+    def __init__(self):
+        self.calls = 0
+
+    def segment(self, images):
+        import torch.distributed as dist
+
+        self.calls += 1
+        if dist.is_initialized() and dist.get_rank() == 1 and self.calls == 3:
+            raise RuntimeError("segmenter exploded on purpose")
+        return images.argmax(dim=1) + 1
+
+
+class SaveRankState(pl.Callback):
+    """Records each rank's gan_monitor warnings, and writes its monitor history, last result
+    and generator at the end of training."""
+
+    def __init__(self, monitor, out):
+        self.monitor, self.out = monitor, out
+
+    def setup(self, trainer, pl_module, stage=None):
+        self._catcher = warnings.catch_warnings(record=True)
+        self.caught = self._catcher.__enter__()
+        warnings.simplefilter("always")
+
+    def on_train_end(self, trainer, pl_module):
+        mon = self.monitor
+        torch.save({"history": mon.history, "result": mon.last_result, "failures": mon.failures,
+                    "batches": mon.batches_seen, "generator": pl_module.generator.state_dict(),
+                    "warnings": [str(w.message) for w in self.caught if "gan_monitor" in str(w.message)]},
+                   Path(self.out) / f"rank{trainer.global_rank}.pt")
+
+
+class DDPTinyGAN(TinyGAN):
+    """test_callback's tiny GAN, picklable for ddp_spawn."""
+
+
+def train_ddp(out: str) -> None:
+    """Run by test_monitor_under_ddp_spawn in a subprocess (bounded by a timeout)."""
+    from lightning.pytorch.loggers import CSVLogger
+    from lightning.pytorch.strategies import DDPStrategy
+
+    torch.set_num_threads(1)
+    mon = monitor(segmenter=RankOneFailsOnce(), every_n_steps=2, log_images=False)
+    pl.seed_everything(0, verbose=False)
+    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", devices=2,
+                         strategy=DDPStrategy(start_method="spawn", find_unused_parameters=True,
+                                              timeout=datetime.timedelta(seconds=60)),
+                         callbacks=[mon, SaveRankState(mon, out)], logger=CSVLogger(out, name="csv", version=0),
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         log_every_n_steps=1)
+    trainer.fit(DDPTinyGAN())
+
+
+def test_monitor_under_ddp_spawn(tmp_path):
+    import csv
+
+    from gan_monitor.inputs import make_inputs
+    from gan_monitor.sinks import scalar_metrics
+
+    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", PYTHONPATH=os.pathsep.join(
+        [str(HERE), str(HERE.parent), os.environ.get("PYTHONPATH", "")]))
+    code = f"import test_ddp; test_ddp.train_ddp({str(tmp_path)!r})"
+    done = subprocess.run([sys.executable, "-c", code], env=env, timeout=150, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    # same schedule on both ranks: 12 real images per rank, batches of 8 -> 2 batches per epoch;
+    # dissections at the start and every 2 batches; the one at batch 2 failed on rank 1 -> on every rank
+    for state in ranks:
+        assert state["batches"] == 4 and state["failures"] == 1
+        assert [h["step"] for h in state["history"]] == [0, 4]
+        assert any("rank 1 of 2" in w and "segmenter exploded on purpose" in w for w in state["warnings"])
+
+    def numbers(history):
+        return [{k: v for k, v in h.items() if k != "seconds"} for h in history]
+
+    assert numbers(ranks[0]["history"]) == numbers(ranks[1]["history"])
+    assert_same_result(ranks[0]["result"], ranks[1]["result"])
+    # one process dissecting rank 0's final generator on the same held-out set gives the same result
+    generator = TinyGenerator()
+    generator.load_state_dict(ranks[0]["generator"])
+    inputs = make_inputs(generator, N_HELD_OUT, 3)  # the monitor's held-out sample
+    single = dissect(generator, ["layer1", "layer2"], ColorSegmenter(), inputs=inputs, seed=3, batch_size=8,
+                     topk=2)
+    assert_same_result(ranks[0]["result"], single)
+    # rank 0 logged exactly those scalars through Lightning's logger
+    with open(tmp_path / "csv" / "version_0" / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("gan_monitor/layer1/interpretable_units")]
+    assert [int(r["step"]) for r in rows] == [0, 4]
+    for tag, value in scalar_metrics(single).items():
+        assert float(rows[-1][tag]) == value, tag
