@@ -18,6 +18,10 @@ _LAZY = {
     "artifact_ablation": "gan_monitor.fid",
     "ace": "gan_monitor.intervention",
     "causal_units": "gan_monitor.causal",
+    "ColorSegmenter": "gan_monitor.color_segmenter",
+    "HFSegmenter": "gan_monitor.hf_segmenter",
+    "PartSegmenter": "gan_monitor.parts",
+    "load_segmenter_spec": "gan_monitor.segmenter_specs",
 }
 
 
