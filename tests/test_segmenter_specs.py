@@ -102,12 +102,12 @@ def _dissect_cli(generator_file, out, segmenter):
                  "--no-progress", "--images", "1"])
 
 
-@pytest.mark.parametrize("kind", ["ade20k", "color"])
+@pytest.mark.parametrize("kind", ["ade20k", "color", "toyworld+parts"])
 def test_cli_dissect_end_to_end(kind, hf_folders, generator_file, tmp_path):
     from gan_monitor.dissection import dissect
     from gan_monitor.results import DissectionResult
 
-    spec = f"ade20k:{hf_folders['ade']}" if kind == "ade20k" else "color"
+    spec = f"ade20k:{hf_folders['ade']}" if kind == "ade20k" else kind
     out = tmp_path / "o"
     assert _dissect_cli(generator_file, out, spec) == 0
     got = DissectionResult.from_json(out / "g" / "dissection.json")["layer3"]
@@ -120,6 +120,8 @@ def test_cli_dissect_end_to_end(kind, hf_folders, generator_file, tmp_path):
     assert json.loads((out / "timeline.json").read_text())["settings"]["segmenter"] == spec
     if kind == "color":
         assert set(got.categories[1:]) == {"color"}
+    elif kind == "toyworld+parts":
+        assert "tree-t" in got.concepts and got.categories[got.concepts.index("tree-t")] == "part"
     else:
         assert {"object", "stuff"} <= set(got.categories[1:])
 
@@ -130,3 +132,21 @@ def test_cli_bad_spec_one_line(generator_file, hf_folders, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("gan-monitor dissect: error: --segmenter ade20k:")
     assert "hf:" in err[0]
+
+
+def test_example_custom_segmenter(monkeypatch):
+    from pathlib import Path
+
+    from gan_monitor.segmenters import validate_segmentation
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "examples"))
+    seg = load_segmenter_spec("custom_segmenter:make_segmenter")
+    assert seg.concepts[:3] == ["-", "sky", "shadow"] and seg.concepts[3:] == load_segmenter_spec("color").concepts[1:]
+    images = torch.full((2, 3, 8, 8), -0.9)  # dark everywhere ...
+    images[0, 2, :4] = 0.9  # ... but a bright blue upper half in image 0
+    images[0, :2, :4] = 0.2
+    labels = validate_segmentation(seg.segment(images), 2, len(seg.concepts))
+    assert labels.shape == (2, 2, 8, 8)
+    sky, shadow = seg.concepts.index("sky"), seg.concepts.index("shadow")
+    assert (labels[0, 0, :4] == sky).all() and (labels[0, 0, 4:] == shadow).all() and (labels[1, 0] == shadow).all()
+    assert seg.concepts[int(labels[0, 1, 0, 0])] == "blue" and seg.concepts[int(labels[1, 1, 0, 0])] == "black"
