@@ -111,7 +111,7 @@ class ToySceneFeatures(nn.Module):
         return e3.mean((2, 3))
 
 
-def _load_inception(weights_path: str | Path) -> nn.Module:
+def _load_inception(weights_path: str | Path, antialias: bool) -> nn.Module:
     try:
         from torchmetrics.image.fid import NoTrainInceptionV3
         from torchmetrics.utilities.imports import _TORCH_FIDELITY_AVAILABLE
@@ -124,7 +124,7 @@ def _load_inception(weights_path: str | Path) -> nn.Module:
             "your own nn.Module as extractor."
         )
     return NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
-                              feature_extractor_weights_path=str(weights_path))
+                              feature_extractor_weights_path=str(weights_path), antialias=antialias)
 
 
 class InceptionFeatures(nn.Module):
@@ -132,12 +132,18 @@ class InceptionFeatures(nn.Module):
     (torch-fidelity's ``weights-inception-2015-12-05-6726825d.pth``; nothing is
     downloaded). Images in [-1, 1] are quantised to uint8 as FID expects.
 
+    ``antialias=False`` (default) resizes to 299 x 299 as torch-fidelity and the original
+    TensorFlow FID do (their features, so FIDs comparable with published ones);
+    ``antialias=True`` is torchmetrics' default antialiased resize, whose features
+    differ slightly and so carry another ``name`` (``inception-v3-pool3-antialias``).
+
     Raises ``FileNotFoundError`` if the file is missing and ``ImportError`` when
     torch-fidelity is not installed. :meth:`from_network` wraps an already built
     network taking uint8 images (e.g. a stand-in in tests).
     """
 
-    def __init__(self, weights_path: str | Path | None = None, *, _network: nn.Module | None = None):
+    def __init__(self, weights_path: str | Path | None = None, *, antialias: bool = False,
+                 _network: nn.Module | None = None):
         super().__init__()
         if _network is None:
             if weights_path is None or not Path(weights_path).is_file():
@@ -145,9 +151,9 @@ class InceptionFeatures(nn.Module):
                     f"InceptionV3 weights not found at {weights_path!r}; gan_monitor never downloads them. "
                     "Download torch-fidelity's pt_inception-2015-12-05 weights yourself and pass their path."
                 )
-            _network = _load_inception(weights_path)
+            _network = _load_inception(weights_path, bool(antialias))
         self.network = _network
-        self.name = "inception-v3-pool3"
+        self.name = "inception-v3-pool3" + ("-antialias" if antialias else "")
         self.train(False)
 
     @classmethod

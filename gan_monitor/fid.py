@@ -9,8 +9,9 @@ FID against real statistics in a batched, symmetric-eigenvalue form:
 
 With ``X_u`` the unit's centred features ``[k, d]`` and ``Y_u = X_u S_r^1/2 / sqrt(k-1)``,
 ``S_r^1/2 S_u S_r^1/2 = Y_u^T Y_u``, whose eigenvalues (besides zeros) are those of
-the smaller of ``Y_u^T Y_u`` (d x d) and ``Y_u Y_u^T`` (k x k); one batched
-``eigvalsh`` over units gives all traces. Float64 throughout.
+the smaller of ``Y_u^T Y_u`` (d x d) and ``Y_u Y_u^T`` (k x k, in fact k-1 x k-1);
+one batched ``eigvalsh`` over units gives all traces. Float64 throughout; the
+numerical core is :mod:`gan_monitor.frechet`.
 
 FID depends on the sample size (its bias shrinks with it), so ``k`` must stay
 fixed across units, layers and training steps to compare FIDs; every result
@@ -24,88 +25,21 @@ them, and after ablating as many random units (several draws).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from .features import RealStats, as_extractor, extract_features
+from .frechet import frechet_distance, sqrtm_psd, unit_frechet_distances
 from .inputs import call_generator, iterate_batches, make_inputs, num_samples
 from .tallies import TopSamples
 from .tracing import Edit, Trace, _as_layer_list, eval_mode, module_device, resolve_layer
 
 __all__ = ["sqrtm_psd", "frechet_distance", "unit_frechet_distances", "UnitFID", "per_unit_fid",
            "per_unit_fid_layers", "ArtifactAblation", "artifact_ablation", "unrealistic_units"]
-
-#: Bytes of float64 work memory per chunk of units in the batched computation.
-CHUNK_BYTES = 256 * 2**20
-
-
-def sqrtm_psd(cov: torch.Tensor) -> torch.Tensor:
-    """Symmetric square root of a positive semi-definite matrix (negative rounding
-    errors in its eigenvalues clamped to 0)."""
-    w, v = torch.linalg.eigh(cov.double())
-    return (v * w.clamp_min(0).sqrt()) @ v.T
-
-
-def _sqrt_trace(gram: torch.Tensor) -> torch.Tensor:
-    """``tr sqrt(G)`` for a batch of symmetric PSD matrices ``[c, n, n]`` (one batched eigvalsh)."""
-    return torch.linalg.eigvalsh(gram.mT).clamp_min(0).sqrt().sum(-1)  # mT: same matrix, LAPACK layout
-
-
-def frechet_distance(features: torch.Tensor, real: RealStats, real_sqrt: torch.Tensor | None = None) -> float:
-    """FID between the Gaussian fitted to ``features [n, d]`` and ``real``."""
-    f = features.double()
-    if f.shape[0] < 2:
-        raise ValueError("FID needs at least 2 generated images.")
-    return float(unit_frechet_distances(f, torch.arange(f.shape[0]).view(1, -1), real, real_sqrt)[0])
-
-
-def unit_frechet_distances(features: torch.Tensor, index: torch.Tensor, real: RealStats,
-                           real_sqrt: torch.Tensor | None = None) -> torch.Tensor:
-    """FID of each row of ``index [U, k]`` (rows of ``features [M, d]``) against ``real``: ``[U]`` float64.
-
-    Features are shifted by the real mean (covariances unchanged, less cancellation)
-    and projected by ``S_r^1/2`` once for the whole pool (``Z``). Per unit, the
-    centred Gram matrix of its ``k`` rows of ``Z`` is ``k x k`` when k <= d (read
-    from the pool's ``Z Z^T`` when that fits in memory, else gathered) and ``d x d``
-    otherwise; its eigenvalues give ``tr sqrt(S_r^1/2 S_u S_r^1/2)``.
-    """
-    u, k = index.shape
-    if k < 2:
-        raise ValueError(f"k must be at least 2 to estimate a covariance, got {k}.")
-    f = features.double() - real.mean.to(features.device, torch.float64)
-    m, d = f.shape
-    root = (sqrtm_psd(real.cov) if real_sqrt is None else real_sqrt).to(f.device, torch.float64)
-    z = f @ (root / math.sqrt(k - 1))  # so that S_r^1/2 S_u S_r^1/2 = centred Z_u^T Z_u
-    index = index.to(f.device)
-    mean = F.embedding_bag(index, f, mode="mean")  # [U, d]: each unit's mean feature minus the real mean
-    squares = f.square().sum(1)[index].sum(1)  # [U]
-    tr_u = (squares - k * mean.square().sum(1)) / (k - 1)
-    tr_r = torch.diagonal(real.cov).sum().to(f.device)
-    pool_gram = z @ z.T if k <= d and m * m * 8 <= CHUNK_BYTES else None
-    chunk = max(1, int(CHUNK_BYTES // (8 * k * (d + min(k, d)) * 2)))
-    root_terms = []
-    for start in range(0, u, chunk):
-        rows = index[start:start + chunk]
-        if pool_gram is not None:  # k x k, read from the pool's Gram matrix, double-centred
-            g = pool_gram[rows[:, :, None], rows[:, None, :]]
-            g = g - g.mean(1, keepdim=True) - g.mean(2, keepdim=True) + g.mean((1, 2), keepdim=True)
-        elif k <= d:  # k x k from the gathered rows
-            y = z[rows]
-            y = y - y.mean(1, keepdim=True)
-            g = y @ y.transpose(1, 2)
-        else:  # d x d: Z_u^T Z_u - k m m^T
-            y = z[rows]
-            mz = y.mean(1)
-            g = torch.baddbmm(y.transpose(1, 2) @ y, mz.unsqueeze(2), mz.unsqueeze(1), alpha=-k)
-        root_terms.append(_sqrt_trace(g))
-    return (mean.square().sum(1) + tr_u + tr_r - 2 * torch.cat(root_terms)).cpu()
-
 
 @dataclass
 class UnitFID:

@@ -36,11 +36,11 @@ def torchmetrics_fid(real_feats: torch.Tensor, fake_feats: torch.Tensor) -> floa
 
 # ---------------------------------------------------------------- exactness
 
-@pytest.mark.parametrize("k", [5, 40])  # k < d (k x k Gram matrices) and k > d (d x d)
-@pytest.mark.parametrize("small_memory", [False, True])  # True: no pool Gram matrix, one unit per chunk
+@pytest.mark.parametrize("k", [2, 5, 13, 40])  # k - 1 < d ((k-1) x (k-1) Gram matrices), = d, > d (d x d)
+@pytest.mark.parametrize("small_memory", [False, True])  # True: one unit per chunk
 def test_batched_unit_fid_equals_torchmetrics(k, small_memory, monkeypatch):
     if small_memory:
-        monkeypatch.setattr("gan_monitor.fid.CHUNK_BYTES", 2000)
+        monkeypatch.setattr("gan_monitor.frechet.CHUNK_BYTES", 2000)
     gen = torch.Generator().manual_seed(0)
     d = 12
     real = torch.randn(400, d, generator=gen, dtype=torch.float64) @ torch.randn(d, d, generator=gen).double()
@@ -246,6 +246,41 @@ def test_inception_is_optional_and_quantises_to_uint8(tmp_path):
     feats = extract_features(InceptionFeatures.from_network(StandIn()),
                              torch.tensor([-1.0, 0.0, 1.0]).view(3, 1, 1, 1).expand(3, 3, 2, 2))
     assert feats[:, 0].tolist() == [0.0, 128.0, 255.0]
+
+
+def test_inception_features_equal_torch_fidelity_network(tmp_path, monkeypatch):
+    """Only where torch-fidelity is importable: InceptionFeatures(weights_path) against
+    torch-fidelity's FeatureExtractorInceptionV3 built from the same (randomly
+    initialised, locally saved: nothing downloads) weights, on uint8 images. Checked
+    on the development machine in a separate venv (torch 2.13.0 CPU, torchmetrics 1.9.0,
+    torch-fidelity 0.4.0 --no-deps; PyPI's torchvision needs a CUDA torch and cannot
+    load there) with torch_fidelity/__init__ skipped, as it imports torchvision."""
+    fidelity = pytest.importorskip("torch_fidelity.feature_extractor_inceptionv3")
+    net_class = fidelity.FeatureExtractorInceptionV3
+    empty = tmp_path / "empty.pth"
+    torch.save({}, empty)
+    with monkeypatch.context() as patch:  # build the architecture without loading any weights
+        patch.setattr(fidelity, "load_state_dict_from_url", None)  # a download would fail loudly
+        patch.setattr(net_class, "load_state_dict", lambda self, state, *args, **kwargs: None)
+        torch.manual_seed(0)
+        random_net = net_class("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(empty))
+    for module in random_net.modules():  # variance-preserving: default init lets activations vanish (~1e-8)
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    weights = tmp_path / "random-inception.pth"
+    torch.save(random_net.state_dict(), weights)
+    ours = InceptionFeatures(weights)
+    reference = net_class("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(weights))
+    images = torch.rand(3, 3, 40, 48, generator=torch.Generator().manual_seed(1)) * 2.2 - 1.1  # some clipped
+    feats = extract_features(ours, images)
+    as_uint8 = torch.floor((images.clamp(-1, 1) + 1) / 2 * 255 + 0.5).to(torch.uint8)  # independent quantiser
+    (expected,) = reference(as_uint8)
+    assert feats.shape == (3, 2048) and ours.name == "inception-v3-pool3"
+    assert (expected[0] - expected[1]).abs().max() > 1e-2 and not ours.training  # features tell images apart
+    torch.testing.assert_close(feats, expected.double(), rtol=1e-5, atol=1e-6)
+    smooth = InceptionFeatures(weights, antialias=True)  # torchmetrics' own resize: other features, other name
+    assert smooth.name == "inception-v3-pool3-antialias"
+    assert (extract_features(smooth, images) - feats).abs().max() > 1e-3
 
 
 # ------------------------------------------------------- unrealistic-unit filter
