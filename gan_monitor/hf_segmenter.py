@@ -48,7 +48,7 @@ Needs ``pip install "gan-monitor[ade20k]"`` (``transformers``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -180,6 +180,8 @@ class HFSegmenter(nn.Module):
         super().__init__()
         if not isinstance(preprocessing, Preprocessing):
             preprocessing = Preprocessing.from_config(preprocessing, input_size)
+        elif input_size is not None:
+            preprocessing = replace(preprocessing, fixed_size=_pair(input_size), shortest_edge=None, longest_edge=None)
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}.")
         self.model, self.pre, self.batch_size = model, preprocessing, int(batch_size)

@@ -23,9 +23,10 @@ Rules, precisely:
   ``c-x`` the base probability of ``c`` times the 0/1 mask of ``c-x`` from ``segment``
   (differentiable through the base probability; the mask is a constant).
 
-Components are found on the tensor's device by label propagation with pointer jumping
-(each pixel takes the smallest index among its same-label neighbours, then the label
-of the pixel that index names), which needs a few dozen passes even for long snakes.
+Components are found on the tensor's device by label propagation: each pass gives
+every horizontal and vertical run of equal labels the smallest id in it (a scatter-min),
+then jumps pointers (an id names a pixel; take that pixel's id); blob-like shapes settle
+in a few passes, a winding snake in more.
 """
 from __future__ import annotations
 
@@ -48,6 +49,15 @@ def _shift(x: torch.Tensor, dy: int, dx: int, fill: int) -> torch.Tensor:
     return padded[:, 1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
 
 
+def _run_starts(labels: torch.Tensor, index: torch.Tensor, dim: int) -> torch.Tensor:
+    """Flat index of the first pixel of each pixel's run of equal labels along ``dim``."""
+    start = torch.ones_like(labels, dtype=torch.bool)
+    length = labels.shape[dim]
+    start.narrow(dim, 1, length - 1).copy_(labels.narrow(dim, 1, length - 1) != labels.narrow(dim, 0, length - 1))
+    # flat indices grow along both rows and columns, so a running maximum finds the run start
+    return torch.where(start, index, torch.zeros_like(index)).cummax(dim).values
+
+
 def connected_components(labels: torch.Tensor, connectivity: int = 4) -> torch.Tensor:
     """Component ids of ``labels`` (long ``[N, H, W]``, 0 = background).
 
@@ -62,26 +72,33 @@ def connected_components(labels: torch.Tensor, connectivity: int = 4) -> torch.T
     labels = labels.long()
     n, h, w = labels.shape
     total = n * h * w
-    fg = labels > 0
-    comp = torch.where(fg, torch.arange(total, device=labels.device).view(n, h, w),
-                       torch.full_like(labels, total))
-    offsets = [(0, 1), (1, 0), (0, -1), (-1, 0)]
+    index = torch.arange(total, device=labels.device).view(n, h, w)
+    # Each pass: every horizontal run, then every vertical run of equal labels takes its
+    # smallest id (one scatter-min each), diagonal neighbours too for 8-connectivity,
+    # then pointer jumping (an id names a pixel of the same component: take that pixel's
+    # id).  Background runs are processed alike and masked at the end.
+    runs = [_run_starts(labels, index, 2).flatten(), _run_starts(labels, index, 1).flatten()]
+    diagonals = []
     if connectivity == 8:
-        offsets += [(1, 1), (1, -1), (-1, 1), (-1, -1)]
-    same = [(_shift(labels, dy, dx, 0) == labels) & fg for dy, dx in offsets]
-    flat_fg = fg.flatten()
+        for dy, dx in [(1, 1), (1, -1), (-1, 1), (-1, -1)]:
+            diagonals.append(((dy, dx), (_shift(labels, dy, dx, 0) == labels) & (labels > 0)))
+    comp = index.flatten().clone()
+    fill = torch.full((total,), total, dtype=torch.long, device=labels.device)
     while True:
-        new = comp
-        for (dy, dx), ok in zip(offsets, same):
-            new = torch.minimum(new, torch.where(ok, _shift(comp, dy, dx, total), total))
-        flat = new.flatten().clone()
-        for _ in range(2):  # pointer jumping: follow the index to that pixel's current id
-            flat[flat_fg] = flat[flat[flat_fg]]
-        new = flat.view(n, h, w)
-        if torch.equal(new, comp):
+        previous = comp
+        for run in runs:
+            comp = fill.scatter_reduce(0, run, comp, "amin", include_self=True)[run]
+        if diagonals:
+            grid = comp.view(n, h, w)
+            for (dy, dx), ok in diagonals:
+                grid = torch.minimum(grid, torch.where(ok, _shift(grid, dy, dx, total), total))
+            comp = grid.flatten()
+        comp = comp[comp]
+        comp = comp[comp]
+        if torch.equal(comp, previous):
             break
-        comp = new
-    return torch.where(fg, comp, torch.full_like(comp, -1))
+    comp = comp.view(n, h, w)
+    return torch.where(labels > 0, comp, torch.full_like(comp, -1))
 
 
 def component_halves(labels: torch.Tensor, connectivity: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
