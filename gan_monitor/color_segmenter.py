@@ -8,14 +8,15 @@ anything.  Concepts ``["-", "black", "blue", ...]``, all of category ``"color"``
 Mapping (documented, not learned): each term has a few prototype colours (sRGB values
 in ``PROTOTYPES``, chosen by hand to cover light, mid and dark shades of the term).
 Pixels and prototypes are converted to CIELAB (sRGB with its gamma curve, D65 white),
-where Euclidean distance approximates perceived colour difference.  A term's score is
+where Euclidean distance approximates perceived colour difference.  A pixel's distance
+to a term is its distance to the term's nearest prototype, ``d_t(x)``:
 
-    score_t(x) = log sum_{p in prototypes(t)} exp(-|lab(x) - lab(p)|^2 / (2 * sigma^2))
+* ``segment`` names each pixel by the term of its nearest prototype (argmin of ``d_t``);
+* ``probabilities`` is ``softmax_t(-d_t(x)^2 / (2 * sigma^2))``, whose argmax is the same
+  term; it is continuous in the pixel values, so gradients flow (``sigma`` = 10 Lab
+  units by default).
 
-``segment`` takes the term with the highest score (for small ``sigma``: the term of the
-nearest prototype); ``probabilities`` is the softmax of the scores, smooth in the pixel
-values, so gradients flow (``sigma`` = 10 Lab units by default).  Concept 0 ("-") is
-never assigned: every pixel has a colour.
+Concept 0 ("-") is never assigned: every pixel has a colour.
 
 Input range: images in [-1, 1] (the protocol's range, default) or, with
 ``value_range=(0, 1)``, in [0, 1].  Values more than ``tolerance`` outside the declared
@@ -44,7 +45,8 @@ PROTOTYPES: dict[str, tuple[tuple[int, int, int], ...]] = {
               (150, 220, 150), (110, 140, 50)),
     "orange": ((255, 140, 0), (255, 165, 0), (230, 120, 40), (255, 180, 100)),
     "pink": ((255, 192, 203), (255, 105, 180), (255, 20, 147), (230, 140, 160)),
-    "purple": ((128, 0, 128), (148, 0, 211), (75, 0, 130), (150, 110, 200), (200, 160, 230), (90, 40, 90)),
+    "purple": ((128, 0, 128), (148, 0, 211), (75, 0, 130), (150, 110, 200), (200, 160, 230), (90, 40, 90),
+               (221, 160, 221), (218, 112, 214)),
     "red": ((255, 0, 0), (200, 0, 0), (150, 0, 0), (220, 20, 60), (180, 40, 40)),
     "white": ((255, 255, 255), (228, 228, 228)),
     "yellow": ((255, 255, 0), (255, 215, 0), (240, 230, 80), (255, 245, 150)),
@@ -75,8 +77,8 @@ class ColorSegmenter(nn.Module):
 
     Args:
         value_range: (-1, 1) (default) or (0, 1): the range of the images given.
-        sigma: softness of ``probabilities`` in CIELAB units (smaller: closer to hard
-            nearest-prototype labels).
+        sigma: softness of ``probabilities`` in CIELAB units (smaller: closer to one-hot;
+            ``segment`` does not depend on it).
         output_size: None (the images' size) or int / (h, w): images are area-averaged
             to that size first, which also smooths pixel noise.
         tolerance: how far outside ``value_range`` values may go before an error.
@@ -84,7 +86,7 @@ class ColorSegmenter(nn.Module):
     """
 
     def __init__(self, value_range: tuple[float, float] = (-1.0, 1.0), sigma: float = 10.0,
-                 output_size=None, tolerance: float = 0.02, batch_size: int = 16):
+                 output_size=None, tolerance: float = 0.02, batch_size: int = 8):
         super().__init__()
         lo, hi = (float(v) for v in value_range)
         if (lo, hi) not in ((-1.0, 1.0), (0.0, 1.0)):
@@ -128,22 +130,21 @@ class ColorSegmenter(nn.Module):
             x = F.interpolate(x, size=self.output_size, mode="area")
         return x
 
-    def scores(self, images: torch.Tensor) -> torch.Tensor:
-        """Per-term scores ``[N, 11, H', W']`` (log of summed prototype kernels)."""
+    def _term_distances(self, images: torch.Tensor) -> torch.Tensor:
+        """Squared CIELAB distance of each pixel to each term's nearest prototype, ``[N, 11, H', W']``."""
         rgb = self._rgb01(images)
+        protos, terms = self.prototypes_lab.to(rgb), self.prototype_term.to(rgb.device)
         out = []
         for start in range(0, rgb.shape[0], max(1, self.batch_size)):
             lab = srgb_to_lab(rgb[start:start + self.batch_size])
-            protos = self.prototypes_lab.to(lab)
-            d2 = ((lab[:, None] - protos[None, :, :, None, None]) ** 2).sum(2)  # [n, P, H, W]
-            logk = -d2 / (2 * self.sigma ** 2)
-            # logsumexp over each term's prototypes
-            peak = logk.amax(1, keepdim=True).detach()
-            k = (logk - peak).exp()
-            summed = torch.zeros(k.shape[0], len(COLOR_TERMS), *k.shape[2:], dtype=k.dtype, device=k.device)
-            summed = summed.index_add(1, self.prototype_term.to(k.device), k)
-            out.append(summed.clamp_min(1e-30).log() + peak)
+            # one prototype at a time keeps the temporaries at [n, H, W]
+            d2 = torch.stack([(lab - p.view(1, 3, 1, 1)).square().sum(1) for p in protos], 1)
+            out.append(torch.stack([d2[:, terms == t].amin(1) for t in range(len(COLOR_TERMS))], 1))
         return torch.cat(out)
+
+    def scores(self, images: torch.Tensor) -> torch.Tensor:
+        """Per-term scores ``[N, 11, H', W']``: ``-d_t^2 / (2 sigma^2)`` (see the module docstring)."""
+        return self._term_distances(images) / (-2 * self.sigma ** 2)
 
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
         """``[N, 12, H', W']``: column 0 zero, then a softmax over the 11 terms; differentiable."""
@@ -153,4 +154,11 @@ class ColorSegmenter(nn.Module):
     @torch.no_grad()
     def segment(self, images: torch.Tensor) -> torch.Tensor:
         """Colour term per pixel: long ``[N, H', W']`` with values 1..11."""
-        return self.scores(images).argmax(1) + 1
+        rgb = self._rgb01(images)
+        protos, terms = self.prototypes_lab.to(rgb), self.prototype_term.to(rgb.device)
+        out = []
+        for start in range(0, rgb.shape[0], max(1, self.batch_size)):
+            lab = srgb_to_lab(rgb[start:start + self.batch_size])
+            nearest = torch.stack([(lab - p.view(1, 3, 1, 1)).square().sum(1) for p in protos], 1).argmin(1)
+            out.append(terms[nearest] + 1)
+        return torch.cat(out)
