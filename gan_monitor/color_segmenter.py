@@ -159,6 +159,12 @@ class ColorSegmenter(nn.Module):
         out = []
         for start in range(0, rgb.shape[0], max(1, self.batch_size)):
             lab = srgb_to_lab(rgb[start:start + self.batch_size])
-            nearest = torch.stack([(lab - p.view(1, 3, 1, 1)).square().sum(1) for p in protos], 1).argmin(1)
-            out.append(terms[nearest] + 1)
+            best = torch.full_like(lab[:, 0], float("inf"))
+            term = torch.zeros(best.shape, dtype=torch.long, device=best.device)
+            for p, t in zip(protos, terms.tolist()):  # running minimum: no [n, P, H, W] temporary
+                d2 = (lab - p.view(1, 3, 1, 1)).square().sum(1)
+                closer = d2 < best
+                best = torch.where(closer, d2, best)
+                term = term.masked_fill(closer, t)
+            out.append(term + 1)
         return torch.cat(out)
