@@ -6,6 +6,8 @@ Examples:
   gan-monitor dissect g.pt --generator-factory mypkg.models:make_generator --layers block4 \\
       --segmenter mypkg.seg:load --out dissect/
   gan-monitor report dissect/          # then open dissect/index.html
+  gan-monitor dissect ckpts/*.ckpt --layers layer3 --out timeline/ --devices 4 --device cuda
+  torchrun --nnodes 2 --nproc-per-node 8 ... -m gan_monitor.cli dissect ckpts/*.ckpt --layers layer3 --out t/ --device cuda
 
 Writes, under --out: per checkpoint a folder <name>/ with dissection.json (the
 Python API's DissectionResult.to_json) and unit pictures; tensorboard/ with event
@@ -56,6 +58,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "a segmenter; append +parts for object parts (tree-t, tree-b, tree-l, tree-r)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
+    p.add_argument("--devices", type=int, default=1,
+                   help="processes that share each dissection (one GPU each with --device cuda, gloo on CPU); "
+                        "the outputs equal one process's. Under torchrun each process is one rank (default 1)")
+    p.add_argument("--timeout", type=float, default=1800.0,
+                   help="seconds a process waits for the others before the run fails (default 1800)")
     p.add_argument("--images", type=int, default=5, help="top images per unit picture (default 5)")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="load with weights_only=False (only for files you trust: unpickling can run code)")
@@ -119,70 +126,108 @@ def dissect_checkpoints(checkpoints: Sequence[Path], layers: Sequence[str], out:
                         generator_attr: str = "generator", n: int = 1000, seed: int = 0,
                         threshold: str = "quantile", cutoff: float = 0.05, segmenter: str = "toyworld",
                         device: str = "cpu", batch_size: int = 32, images: int = 5, trust: bool = False,
-                        progress: bool = True, echo=print) -> dict[str, Any]:
-    """Dissect each checkpoint; write JSON, pictures, TensorBoard events, summary.csv, timeline.json."""
+                        progress: bool = True, echo=print, comm=None) -> dict[str, Any]:
+    """Dissect each checkpoint; write JSON, pictures, TensorBoard events, summary.csv, timeline.json.
+
+    ``comm``: a ``gan_monitor.distributed`` communicator; every rank dissects its share of
+    the held-out samples and rank 0 writes the outputs (the same as one process)."""
     from tqdm.auto import tqdm
 
     from .checkpoints import CheckpointError, load_generator
     from .dissection import dissect
+    from .distributed import RankFailure, SingleProcess, run_phase
     from .inputs import make_inputs
     from .sinks import DissectionWriter
     from .tracing import layer_names
 
-    try:
-        loaded = [load_generator(p, module=module, generator_factory=generator_factory,
-                                 generator_attr=generator_attr, trust=trust, device=device) for p in checkpoints]
-    except CheckpointError as err:
-        raise CommandError(str(err)) from err
-    for item in loaded:
-        unknown = [name for name in layers if name not in layer_names(item.generator)]
-        if unknown:
-            raise CommandError(f"{item.path}: the generator has no layer(s) {', '.join(unknown)}; "
-                               f"available: {', '.join(layer_names(item.generator))}.")
-    seg = load_segmenter_spec(segmenter, device)
+    comm = comm if comm is not None else SingleProcess()
+    lead = comm.rank == 0
+
+    def load():
+        try:
+            loaded = [load_generator(p, module=module, generator_factory=generator_factory,
+                                     generator_attr=generator_attr, trust=trust, device=device) for p in checkpoints]
+        except CheckpointError as err:
+            raise CommandError(str(err)) from err
+        for item in loaded:
+            unknown = [name for name in layers if name not in layer_names(item.generator)]
+            if unknown:
+                raise CommandError(f"{item.path}: the generator has no layer(s) {', '.join(unknown)}; "
+                                   f"available: {', '.join(layer_names(item.generator))}.")
+        return loaded, load_segmenter_spec(segmenter, device)
+
+    loaded, seg = _unwrapped(run_phase, comm, "loading", load)
     # a timeline is ordered by training step; plain state dicts keep their command-line order
     order = sorted(range(len(loaded)), key=lambda i: (loaded[i].step is None, loaded[i].step or 0, i))
-    out.mkdir(parents=True, exist_ok=True)
-    from lightning.pytorch.loggers import TensorBoardLogger
+    logger, writer = None, DissectionWriter(top_units=8)
+    if lead:
+        out.mkdir(parents=True, exist_ok=True)
+        from lightning.pytorch.loggers import TensorBoardLogger
 
-    logger = TensorBoardLogger(str(out), name="tensorboard", version="", default_hp_metric=False)
-    writer = DissectionWriter(top_units=8)
+        logger = TensorBoardLogger(str(out), name="tensorboard", version="", default_hp_metric=False)
     used: set[str] = set()
     entries, rows = [], []
-    for rank, i in enumerate(tqdm(order, desc="checkpoints", disable=not progress or len(order) < 2)):
+    for rank, i in enumerate(tqdm(order, desc="checkpoints", disable=not progress or len(order) < 2 or not lead)):
         item = loaded[i]
         name = _folder_name(item.path, used)
         folder = out / name
-        folder.mkdir(parents=True, exist_ok=True)
         try:
             result = dissect(item.generator, list(layers), seg, n=n, seed=seed, threshold=threshold,
                              cutoff=cutoff, batch_size=batch_size, device=device, topk=max(1, images),
-                             progress=progress)
-        except (KeyError, ValueError, TypeError) as err:
+                             progress=progress, distributed=comm)
+        except (KeyError, ValueError, TypeError, RankFailure) as err:
             raise CommandError(f"{item.path}: {str(err).strip()}") from err
         result.settings["checkpoint"] = str(item.path)
         result.settings["step"] = item.step
-        result.to_json(folder / "dissection.json")
-        inputs = make_inputs(item.generator, n, seed)
-        pictures = _write_unit_pictures(item.generator, inputs, result, folder, images, device)
         step = item.step if item.step is not None else rank
-        examples = {layer: _top_examples(item.generator, inputs, ld, device) for layer, ld in result.items()}
-        writer.write([logger], result, step, examples)
+
+        def write():
+            if not lead:
+                return {}
+            folder.mkdir(parents=True, exist_ok=True)
+            result.to_json(folder / "dissection.json")
+            inputs = make_inputs(item.generator, n, seed)
+            pictures = _write_unit_pictures(item.generator, inputs, result, folder, images, device)
+            examples = {layer: _top_examples(item.generator, inputs, ld, device) for layer, ld in result.items()}
+            writer.write([logger], result, step, examples)
+            return pictures
+
+        pictures = _unwrapped(run_phase, comm, "writing", write)
         entries.append({"name": name, "checkpoint": str(item.path), "step": item.step, "x": step,
                         "json": f"{name}/dissection.json", "unit_pictures": {k: f"{name}/{v}" for k, v in pictures.items()}})
         rows.extend(summary_rows(name, item.step, result))
-    logger.experiment.close()
-    with open(out / "timeline.json", "w", encoding="utf-8") as f:
-        json.dump({"layers": list(layers), "checkpoints": entries,
-                   "settings": {"n": n, "seed": seed, "threshold": threshold, "cutoff": cutoff,
-                                "segmenter": segmenter, "module": module, "generator_factory": generator_factory}},
-                  f, indent=1)
-    table = _csv(rows)
-    (out / "summary.csv").write_text(table, encoding="utf-8")
-    echo(table.rstrip())
-    echo(f"wrote {len(entries)} dissection(s) to {out}; TensorBoard: tensorboard --logdir {out / 'tensorboard'}; "
-         f"HTML: gan-monitor report {out}")
+    if lead:
+        logger.experiment.close()
+        with open(out / "timeline.json", "w", encoding="utf-8") as f:
+            json.dump({"layers": list(layers), "checkpoints": entries,
+                       "settings": {"n": n, "seed": seed, "threshold": threshold, "cutoff": cutoff,
+                                    "segmenter": segmenter, "module": module, "generator_factory": generator_factory}},
+                      f, indent=1)
+        table = _csv(rows)
+        (out / "summary.csv").write_text(table, encoding="utf-8")
+        echo(table.rstrip())
+        echo(f"wrote {len(entries)} dissection(s) to {out}; TensorBoard: tensorboard --logdir {out / 'tensorboard'}; "
+             f"HTML: gan-monitor report {out}")
     return {"out": str(out), "checkpoints": entries, "rows": rows}
+
+
+def _unwrapped(run_phase, comm, what, work):
+    """``run_phase``, turning a failure into a one-line ``CommandError``."""
+    from .distributed import RankFailure
+
+    try:
+        return run_phase(comm, what, work)
+    except RankFailure as err:
+        raise CommandError(str(err)) from err
+
+
+def _dissect_rank(comm, device, checkpoints, layers, out, options):
+    """One rank of ``--devices N`` (run by ``launch``): its exit status and error line."""
+    try:
+        dissect_checkpoints(checkpoints, layers, out, device=str(device), comm=comm, **options)
+    except CommandError as err:
+        return 1, " ".join(str(err).split())
+    return 0, ""
 
 
 def _top_examples(generator, inputs, ld, device):
@@ -211,20 +256,37 @@ def run(args: argparse.Namespace) -> int:
     layers = [s.strip() for s in args.layers.split(",") if s.strip()]
     if not layers:
         raise UsageError("--layers needs at least one layer name, e.g. --layers layer2,layer3.")
+    if args.devices < 1:
+        raise UsageError(f"--devices must be a positive number of processes, got {args.devices}.")
+    if args.timeout <= 0:
+        raise UsageError(f"--timeout must be a positive number of seconds, got {args.timeout}.")
+    options = dict(module=args.module, generator_factory=args.generator_factory, generator_attr=args.generator_attr,
+                   n=args.n, seed=args.seed, threshold=args.threshold, cutoff=args.cutoff, segmenter=args.segmenter,
+                   batch_size=args.batch_size, images=args.images, trust=args.trust_checkpoint,
+                   progress=not args.no_progress)
     try:
         import torch
 
+        from . import launch
+
         torch.device(args.device)
-        dissect_checkpoints(args.checkpoints, layers, args.out, module=args.module,
-                            generator_factory=args.generator_factory, generator_attr=args.generator_attr,
-                            n=args.n, seed=args.seed, threshold=args.threshold, cutoff=args.cutoff,
-                            segmenter=args.segmenter, device=args.device, batch_size=args.batch_size,
-                            images=args.images, trust=args.trust_checkpoint, progress=not args.no_progress)
+        work = (args.checkpoints, layers, args.out, options)
+        if launch.torchrun_world_size() > 1:  # started by torchrun: this process is one rank
+            status, message = launch.join_torchrun(_dissect_rank, args.device, args=work, timeout=args.timeout)
+        elif args.devices > 1:
+            status, message = launch.spawn(_dissect_rank, args.devices, args.device, args=work,
+                                           timeout=args.timeout)[0]
+        else:
+            status, message = 0, ""
+            dissect_checkpoints(args.checkpoints, layers, args.out, device=args.device, **options)
+        if status:
+            raise CommandError(message)
     except Exception as err:
         if args.debug:
             raise
+        kind = getattr(err, "kind", type(err).__name__)  # launch.LaunchError: the failing rank's error type
         message = " ".join(str(err).split()) if isinstance(err, CommandError) else \
-            f"{type(err).__name__}: {' '.join(str(err).split())} (re-run with --debug for the traceback)"
+            f"{kind}: {' '.join(str(err).split())} (re-run with --debug for the traceback)"
         print(f"gan-monitor dissect: error: {message}", file=sys.stderr)
         return 1
     return 0

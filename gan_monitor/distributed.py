@@ -185,6 +185,9 @@ class RankFailure(RuntimeError):
 
     def __init__(self, what: str, failed: dict[int, str], world_size: int):
         self.failed = dict(failed)
+        if len(failed) == world_size and len(set(failed.values())) == 1:
+            super().__init__(f"{what} failed on all {world_size} ranks ({next(iter(failed.values()))}).")
+            return
         ranks = ", ".join(str(r) for r in sorted(failed))
         details = "; ".join(f"rank {r}: {m}" for r, m in sorted(failed.items()))
         super().__init__(f"{what} failed on rank{'s' if len(failed) > 1 else ''} {ranks} of {world_size} "

@@ -11,3 +11,8 @@ def _seed_global_rng():
     random.seed(0)
     torch.manual_seed(0)
     yield
+
+
+def pytest_configure(config):
+    # multi-process (DDP) tests; they run in `make test` and CI; `-m "not slow"` skips them locally
+    config.addinivalue_line("markers", "slow: multi-process tests (2 CPU processes, gloo); run in CI")

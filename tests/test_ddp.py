@@ -63,7 +63,7 @@ def test_single_process_communicator_is_the_identity():
 
 
 # ---- dissect() in 2 processes -------------------------------------------------------------
-def _config(threshold: str, fail_rank: int | None = None):
+def _config(threshold: str):
     sys.path.insert(0, str(HERE))
     from planted_world import PlantedGenerator, PlantedSegmenter
 
@@ -78,51 +78,58 @@ def _config(threshold: str, fail_rank: int | None = None):
     return generator, segmenter, FailingSegmenter(multilabel=True), kwargs
 
 
-def _dissect_worker(rank, world, port, out, threshold, fail_rank):
+def _dissect_worker(rank, world, port, out):
+    """Each rank: both threshold modes, then a dissection whose segmenter raises on rank 1."""
     import torch.distributed as dist
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=60))
     try:
-        generator, segmenter, failing, kwargs = _config(threshold)
-        if rank == fail_rank:
-            segmenter = failing
+        comm = distributed.TorchDistributed()
+        for threshold in ("quantile", "iqr"):
+            generator, segmenter, _, kwargs = _config(threshold)
+            result = dissect(generator, ["features"], segmenter, distributed=comm, **kwargs)
+            torch.save({"result": result}, Path(out) / f"{threshold}{rank}.pt")
+        generator, segmenter, failing, kwargs = _config("quantile")
         try:
-            result = dissect(generator, ["features"], segmenter, distributed=distributed.TorchDistributed(),
-                             **kwargs)
-            torch.save({"result": result}, Path(out) / f"rank{rank}.pt")
+            dissect(generator, ["features"], failing if rank == 1 else segmenter, distributed=comm, **kwargs)
         except distributed.RankFailure as err:
-            (Path(out) / f"rank{rank}.err").write_text(str(err))
+            (Path(out) / f"failure{rank}.txt").write_text(str(err))
+        # still in step after the failure: one more collective succeeds on both ranks
+        assert comm.sum(torch.ones(1, dtype=torch.long)).item() == world
+        (Path(out) / f"done{rank}").write_text("ok")
     finally:
         dist.destroy_process_group()
 
 
-def _spawn(tmp_path, threshold, fail_rank=None):
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
     import torch.multiprocessing as mp
 
+    out = tmp_path_factory.mktemp("ranks")
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    mp.spawn(_dissect_worker, args=(2, free_port(), str(tmp_path), threshold, fail_rank), nprocs=2, join=True)
+    mp.spawn(_dissect_worker, args=(2, free_port(), str(out)), nprocs=2, join=True)
+    return out
 
 
 @pytest.mark.parametrize("threshold", ["quantile", "iqr"])
-def test_two_processes_equal_one(tmp_path, threshold):
-    _spawn(tmp_path, threshold)
+def test_two_processes_equal_one(two_ranks, threshold):
     generator, segmenter, _, kwargs = _config(threshold)
     single = dissect(generator, ["features"], segmenter, **kwargs)
     for rank in range(2):
-        got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)["result"]
+        got = torch.load(two_ranks / f"{threshold}{rank}.pt", weights_only=False)["result"]
         assert_same_result(got, single)
     ld = single["features"]
     assert int(ld.interpretable.sum()) >= 5  # the planted units are found: the comparison is not vacuous
     assert len(set(ld.topk.flatten().tolist())) > 3
 
 
-def test_a_failing_rank_is_named_and_every_rank_gives_up(tmp_path):
-    _spawn(tmp_path, "quantile", fail_rank=1)
-    messages = [(tmp_path / f"rank{r}.err").read_text() for r in range(2)]
+def test_a_failing_rank_is_named_and_every_rank_gives_up(two_ranks):
+    messages = [(two_ranks / f"failure{r}.txt").read_text() for r in range(2)]
     assert messages[0] == messages[1]
     assert "rank 1 of 2" in messages[0] and "segmenter exploded" in messages[0]
+    assert all((two_ranks / f"done{r}").exists() for r in range(2))
 
 
 # ---- DissectionMonitor under Trainer(strategy="ddp_spawn", devices=2) ------------------------
@@ -223,3 +230,34 @@ def test_monitor_under_ddp_spawn(tmp_path):
     assert [int(r["step"]) for r in rows] == [0, 4]
     for tag, value in scalar_metrics(single).items():
         assert float(rows[-1][tag]) == value, tag
+
+
+# ---- gan-monitor dissect --devices 2 ------------------------------------------------------------
+def test_cli_devices_2_writes_what_devices_1_writes(tmp_path):
+    import lightning.pytorch as pl
+
+    from gan_monitor.cli import main
+    from gan_monitor.toyworld.gan import ToyGAN
+
+    pl.seed_everything(0, verbose=False)
+    model = ToyGAN(latent_dim=16, image_size=32, g_channels=(32, 16, 8), d_channels=(8, 16, 32), batch_size=8,
+                   num_scenes=32)
+    pl.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+               enable_model_summary=False, accelerator="cpu").fit(model)
+    ckpt = tmp_path / "toy.ckpt"
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams), "global_step": 2,
+                "pytorch-lightning_version": pl.__version__}, ckpt)
+    outs = {}
+    for devices in (1, 2):
+        outs[devices] = tmp_path / f"devices{devices}"
+        assert main(["dissect", str(ckpt), "--layers", "layer2,layer3", "--out", str(outs[devices]), "--n", "30",
+                     "--seed", "3", "--threshold", "iqr", "--no-progress", "--devices", str(devices)]) == 0
+
+    def files(root):  # TensorBoard event file names hold the time and process id
+        return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
+                if p.is_file() and "tensorboard" not in p.parts}
+
+    one, two = files(outs[1]), files(outs[2])
+    assert one.keys() == two.keys() and any(k.endswith(".png") for k in one)
+    assert all(one[k] == two[k] for k in one), [k for k in one if one[k] != two[k]]
+    assert len(list((outs[2] / "tensorboard").glob("events.*"))) == 1
