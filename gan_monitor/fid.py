@@ -9,9 +9,9 @@ FID against real statistics in a batched, symmetric-eigenvalue form:
 
 With ``X_u`` the unit's centred features ``[k, d]`` and ``Y_u = X_u S_r^1/2 / sqrt(k-1)``,
 ``S_r^1/2 S_u S_r^1/2 = Y_u^T Y_u``, whose eigenvalues (besides zeros) are those of
-the smaller of ``Y_u^T Y_u`` (d x d) and ``Y_u Y_u^T`` (k x k, in fact k-1 x k-1);
-one batched ``eigvalsh`` over units gives all traces. Float64 throughout; the
-numerical core is :mod:`gan_monitor.frechet`.
+the smaller of ``Y_u^T Y_u`` (d x d) and ``Y_u Y_u^T`` (k x k; in fact (k-1) x (k-1),
+the rank); one batched ``eigvalsh`` over units gives all traces. Float64 throughout;
+the numerical core is :mod:`gan_monitor.frechet`.
 
 FID depends on the sample size (its bias shrinks with it), so ``k`` must stay
 fixed across units, layers and training steps to compare FIDs; every result
@@ -40,6 +40,7 @@ from .tracing import Edit, Trace, _as_layer_list, eval_mode, module_device, reso
 
 __all__ = ["sqrtm_psd", "frechet_distance", "unit_frechet_distances", "UnitFID", "per_unit_fid",
            "per_unit_fid_layers", "ArtifactAblation", "artifact_ablation", "unrealistic_units"]
+
 
 @dataclass
 class UnitFID:

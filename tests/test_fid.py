@@ -49,8 +49,8 @@ def test_batched_unit_fid_equals_torchmetrics(k, small_memory, monkeypatch):
     stats = RealStats.from_features(real, "identity")
     ours = unit_frechet_distances(pool, index, stats)
     for u in range(6):
-        ref = torchmetrics_fid(real, pool[index[u]])
-        assert abs(float(ours[u]) - ref) <= 1e-3 * abs(ref), (u, float(ours[u]), ref)
+        ref = torchmetrics_fid(real, pool[index[u]])  # the issue asks for 1e-3; both are float64
+        assert abs(float(ours[u]) - ref) <= 1e-6 * abs(ref), (u, float(ours[u]), ref)
 
 
 class TinyGenerator(nn.Module):
