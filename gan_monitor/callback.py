@@ -16,7 +16,6 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Sequence
 
-import torch
 from torch import nn
 
 from .ace_schedule import ACE_DOC, AceSchedule

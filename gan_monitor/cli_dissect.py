@@ -7,7 +7,8 @@ Examples:
       --segmenter mypkg.seg:load --out dissect/
   gan-monitor report dissect/          # then open dissect/index.html
   gan-monitor dissect ckpts/*.ckpt --layers layer3 --out timeline/ --devices 4 --device cuda
-  torchrun --nnodes 2 --nproc-per-node 8 ... -m gan_monitor.cli dissect ckpts/*.ckpt --layers layer3 --out t/ --device cuda
+  torchrun --nnodes 2 --nproc-per-node 8 --rdzv-endpoint HOST:29500 -m gan_monitor.cli \
+      dissect ckpts/*.ckpt --layers layer3 --out timeline/ --device cuda
 
 Writes, under --out: per checkpoint a folder <name>/ with dissection.json (the
 Python API's DissectionResult.to_json) and unit pictures; tensorboard/ with event
@@ -46,7 +47,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="function building the generator, for plain state dicts")
     p.add_argument("--generator-attr", default="generator",
                    help="attribute of the LightningModule holding the generator (default generator)")
-    p.add_argument("--n", type=int, default=1000, help="held-out samples (default 1000)")
+    p.add_argument("--n", "--samples", dest="n", type=int, default=1000,
+                   help="held-out samples (default 1000; under torchrun write --samples: torchrun takes --n for itself)")
     p.add_argument("--seed", type=int, default=0, help="seed of the held-out latents (default 0)")
     p.add_argument("--threshold", choices=("quantile", "iqr"), default="quantile",
                    help="threshold mode (default quantile)")

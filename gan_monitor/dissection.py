@@ -208,20 +208,26 @@ def _pick_levels(levels, tally, variant, min_lift, fractions, quantile):
     return thresholds, label, fallback, best, fractions[level.cpu()]
 
 
-def _check_ranks_agree(comm, generator, inputs, n) -> None:
-    """Every rank must hold the same generator parameters and held-out inputs."""
+def _agreed_inputs(comm, generator, inputs, draw: Callable[[], Any], what: str) -> Any:
+    """``inputs``, or ``draw()`` when None; with several ranks, drawn inside a phase and
+    checked to be the same on every rank, as are the generator's parameters."""
     from .held_out import checksum
 
-    if n < comm.world_size:
-        raise ValueError(f"{n} held-out samples cannot be split over {comm.world_size} ranks; use n >= world size.")
-
     def local():
-        digest = torch.tensor(list(bytes.fromhex(checksum(inputs))), dtype=torch.float64)
-        return torch.cat([fingerprint(generator.parameters()), digest])
+        chosen = draw() if inputs is None else inputs
+        if comm.world_size == 1:
+            return chosen, None
+        digest = torch.tensor(list(bytes.fromhex(checksum(chosen))), dtype=torch.float64)
+        return chosen, torch.cat([fingerprint(generator.parameters()), digest])
 
-    check_identical(comm, "the generator's parameters or the held-out inputs",
-                    run_phase(comm, "dissection (checking the ranks agree)", local),
-                    "every rank must dissect the same generator on the same inputs (same seed and input_fn).")
+    chosen, mine = run_phase(comm, f"dissection (drawing the {what})", local)
+    if comm.world_size > 1:
+        check_identical(comm, f"the generator's parameters or the {what}", mine,
+                        "every rank must dissect the same generator on the same inputs (same seed and input_fn).")
+        if num_samples(chosen) < comm.world_size:
+            raise ValueError(f"{num_samples(chosen)} {what} cannot be split over {comm.world_size} ranks; "
+                             "use at least one sample per rank.")
+    return chosen
 
 
 def dissect(generator: nn.Module, layers: str | Iterable[str], segmenter, *, inputs: Any = None,
@@ -301,14 +307,12 @@ def dissect(generator: nn.Module, layers: str | Iterable[str], segmenter, *, inp
     concepts, categories = list(segmenter.concepts), list(segmenter.categories)
     device = torch.device(device) if device is not None else module_device(generator)
     drawn = inputs is None
-    if drawn:
-        inputs = make_inputs(generator, n, seed, input_fn)
+    comm = resolve(distributed)
+    inputs = _agreed_inputs(comm, generator, inputs, lambda: make_inputs(generator, n, seed, input_fn),
+                            "held-out inputs")
     n = num_samples(inputs)
     settings: dict[str, Any] = {"threshold": threshold, "quantile": quantile, "iou": iou, "cutoff": cutoff,
                                 "n": n, "seed": seed, "inputs": "drawn" if drawn else "given", "topk": topk}
-    comm = resolve(distributed)
-    if comm.world_size > 1:
-        _check_ranks_agree(comm, generator, inputs, n)
     sampler = _Sampler(generator, segmenter, layers, batch_size, device, progress, comm)
     extras: dict[str, dict[str, Any]] = {name: {} for name in layers}
     labels: dict[str, torch.Tensor] = {}
@@ -317,8 +321,9 @@ def dissect(generator: nn.Module, layers: str | Iterable[str], segmenter, *, inp
             thresholds, tallies, samples = _quantile_pass(sampler, inputs, layers, quantile, topk, seed, settings)
         else:
             if iqr_inputs is None:
-                iqr_inputs = make_inputs(generator, iqr_n or n, seed + IQR_SEED_OFFSET, input_fn)
                 settings["iqr_seed"] = seed + IQR_SEED_OFFSET
+            iqr_inputs = _agreed_inputs(comm, generator, iqr_inputs, lambda: make_inputs(
+                generator, iqr_n or n, seed + IQR_SEED_OFFSET, input_fn), "iqr-mode inputs")
             settings.update(iqr_n=num_samples(iqr_inputs), iqr_levels=iqr_levels,
                             iqr_fraction_range=[1e-3, iqr_max_fraction], iqr_min_lift=iqr_min_lift)
             levels, level_tallies, fractions = _iqr_levels(sampler, iqr_inputs, layers, seed, iqr_levels,

@@ -261,3 +261,4 @@ def test_cli_devices_2_writes_what_devices_1_writes(tmp_path):
     assert one.keys() == two.keys() and any(k.endswith(".png") for k in one)
     assert all(one[k] == two[k] for k in one), [k for k in one if one[k] != two[k]]
     assert len(list((outs[2] / "tensorboard").glob("events.*"))) == 1
+    assert main(["dissect", str(ckpt), "--layers", "layer2", "--out", str(tmp_path / "x"), "--devices", "0"]) == 2
