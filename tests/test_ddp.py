@@ -29,7 +29,7 @@ from gan_monitor.dissection import dissect
 from test_callback import N_HELD_OUT, ColorSegmenter, TinyGAN, TinyGenerator, monitor
 
 HERE = Path(__file__).parent
-pytestmark = pytest.mark.slow
+slow = pytest.mark.slow  # several processes; registered in conftest.py, run by `make test` and CI
 FIELDS = ("thresholds", "iou", "label_index", "unit_iou", "interpretable", "topk", "topk_values")
 
 
@@ -60,6 +60,19 @@ def test_single_process_communicator_is_the_identity():
         distributed.run_phase(comm, "work", lambda: {}["missing"])
     with pytest.raises(TypeError, match="communicator"):
         distributed.resolve("gloo")
+
+
+def test_order_preserving_keys_of_the_exact_quantile_search():
+    from gan_monitor.quantile_tally import keys_to_values, ordered_keys
+
+    g = torch.Generator().manual_seed(0)
+    values = torch.cat([torch.randn(5000, generator=g) * 10 ** torch.randint(-30, 30, (5000,), generator=g),
+                        torch.tensor([0.0, -0.0, float("inf"), -float("inf"), 1e-45, -1e-45])])
+    keys = ordered_keys(values)
+    assert keys.dtype == torch.int64 and torch.equal(keys_to_values(keys), values + 0.0)
+    i, j = torch.randint(len(values), (2, 20000), generator=g)  # brute force: every sampled pair in order
+    assert torch.equal(keys[i] < keys[j], values[i] < values[j])
+    assert torch.equal(keys[i] == keys[j], values[i] == values[j])
 
 
 # ---- dissect() in 2 processes -------------------------------------------------------------
@@ -113,6 +126,7 @@ def two_ranks(tmp_path_factory):
     return out
 
 
+@slow
 @pytest.mark.parametrize("threshold", ["quantile", "iqr"])
 def test_two_processes_equal_one(two_ranks, threshold):
     generator, segmenter, _, kwargs = _config(threshold)
@@ -125,6 +139,7 @@ def test_two_processes_equal_one(two_ranks, threshold):
     assert len(set(ld.topk.flatten().tolist())) > 3
 
 
+@slow
 def test_a_failing_rank_is_named_and_every_rank_gives_up(two_ranks):
     messages = [(two_ranks / f"failure{r}.txt").read_text() for r in range(2)]
     assert messages[0] == messages[1]
@@ -193,6 +208,7 @@ def train_ddp(out: str) -> None:
     trainer.fit(DDPTinyGAN())
 
 
+@slow
 def test_monitor_under_ddp_spawn(tmp_path):
     import csv
 
@@ -233,6 +249,7 @@ def test_monitor_under_ddp_spawn(tmp_path):
 
 
 # ---- gan-monitor dissect --devices 2 ------------------------------------------------------------
+@slow
 def test_cli_devices_2_writes_what_devices_1_writes(tmp_path):
     import lightning.pytorch as pl
 
