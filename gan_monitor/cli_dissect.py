@@ -220,6 +220,9 @@ def _unwrapped(run_phase, comm, what, work):
     try:
         return run_phase(comm, what, work)
     except RankFailure as err:
+        messages = set(err.failed.values())
+        if len(err.failed) == comm.world_size and len(messages) == 1:  # e.g. a bad argument: as in one process
+            raise CommandError(messages.pop().removeprefix("CommandError: ")) from err
         raise CommandError(str(err)) from err
 
 
