@@ -35,24 +35,30 @@ def communicator(trainer):
 
 
 def shared_unit_fid_filter(monitor, comm) -> dict[str, Any]:
-    """``dissect`` arguments of the unrealistic-unit filter, from rank 0's per-unit FIDs."""
+    """``dissect`` arguments of the unrealistic-unit filter, from rank 0's per-unit FIDs
+    (which the other ranks then also keep, with their step, so all ranks' state agrees)."""
     schedule = monitor.unit_fid
     local = schedule.dissect_filter()
     if comm.world_size == 1 or schedule.max_unit_fid is None:
         return local
     layers = list(schedule.layers)
     fids = local.get("unit_fid", {})
-    if fids:  # [number of units per layer..., FIDs...] as float64
+    if fids:  # [step, batches, number of units per layer..., FIDs...] as float64
         values = [torch.as_tensor(getattr(fids[x], "fid", fids[x]), dtype=torch.float64).flatten().cpu()
                   for x in layers]
-        packed = torch.cat([torch.tensor([float(v.numel()) for v in values], dtype=torch.float64)] + values)
+        head = [float(schedule.last_step or 0), float(schedule.last_batches or 0)] + [float(v.numel()) for v in values]
+        packed = torch.cat([torch.tensor(head, dtype=torch.float64)] + values)
     else:
         packed = torch.zeros(0, dtype=torch.float64)
     zero = comm.gather(packed)[0]
     if not zero.numel():
         return {}
-    sizes = [int(s) for s in zero[:len(layers)].tolist()]
-    fids = dict(zip(layers, zero[len(layers):].split(sizes)))
+    step, batches = int(zero[0]), int(zero[1])
+    sizes = [int(s) for s in zero[2:2 + len(layers)].tolist()]
+    fids = dict(zip(layers, zero[2 + len(layers):].split(sizes)))
+    if comm.rank != 0:
+        schedule.fids = {name: f.clone() for name, f in fids.items()}
+        schedule.last_step, schedule.last_batches = step, batches
     return {"unit_fid": fids, "max_unit_fid": schedule.max_unit_fid}
 
 

@@ -111,6 +111,19 @@ def _dissect_worker(rank, world, port, out):
             (Path(out) / f"failure{rank}.txt").write_text(str(err))
         # still in step after the failure: one more collective succeeds on both ranks
         assert comm.sum(torch.ones(1, dtype=torch.long)).item() == world
+        # the monitor's unrealistic-unit filter: rank 0's per-unit FIDs reach every rank
+        from types import SimpleNamespace
+
+        from gan_monitor.monitor_ranks import shared_unit_fid_filter
+
+        fids = {"a": torch.arange(5.0, dtype=torch.float64), "b": torch.tensor([7.0, 8.0], dtype=torch.float64)}
+        schedule = SimpleNamespace(max_unit_fid=4.0, layers=["a", "b"], fids=fids if rank == 0 else {},
+                                   last_step=12 if rank == 0 else None, last_batches=6 if rank == 0 else None)
+        schedule.dissect_filter = lambda: ({"unit_fid": dict(schedule.fids), "max_unit_fid": 4.0}
+                                           if schedule.fids else {})
+        shared = shared_unit_fid_filter(SimpleNamespace(unit_fid=schedule), comm)
+        torch.save({"filter": shared, "state": (schedule.fids, schedule.last_step, schedule.last_batches)},
+                   Path(out) / f"fid{rank}.pt")
         (Path(out) / f"done{rank}").write_text("ok")
     finally:
         dist.destroy_process_group()
@@ -145,6 +158,16 @@ def test_a_failing_rank_is_named_and_every_rank_gives_up(two_ranks):
     assert messages[0] == messages[1]
     assert "rank 1 of 2" in messages[0] and "segmenter exploded" in messages[0]
     assert all((two_ranks / f"done{r}").exists() for r in range(2))
+
+
+@slow
+def test_rank_zero_unit_fids_reach_every_rank(two_ranks):
+    zero, one = (torch.load(two_ranks / f"fid{r}.pt", weights_only=False) for r in range(2))
+    assert one["filter"]["max_unit_fid"] == 4.0 and one["filter"].keys() == zero["filter"].keys()
+    for name, expected in {"a": torch.arange(5.0), "b": torch.tensor([7.0, 8.0])}.items():
+        assert torch.equal(one["filter"]["unit_fid"][name], expected.double())
+        assert torch.equal(one["state"][0][name], expected.double())
+    assert one["state"][1:] == (12, 6)
 
 
 # ---- DissectionMonitor under Trainer(strategy="ddp_spawn", devices=2) ------------------------
