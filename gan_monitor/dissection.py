@@ -52,7 +52,7 @@ from .inputs import make_inputs, num_samples
 from .results import DissectionResult, LayerDissection
 from .sampling import Sampler as _Sampler, compact_labels as _compact_labels
 from .segmenters import validate_segmenter
-from .quantile_tally import collect, exact_thresholds, floor_index, guess_floors, interpolate_at
+from .quantile_tally import collect, exact_thresholds, floor_index, guess_floors, interpolate_at, select_across
 from .tallies import (LayerTally, TopSamples, category_index, concept_presence, dedupe_labels, encode_segmentation,
                       image_chunks, upsample)
 from .thresholds import LevelTally, PixelSubsample, level_fractions, quantile_rank, score_levels
@@ -136,18 +136,17 @@ def _quantile_pass(sampler, inputs, layers, quantile, topk, seed, settings):
 
 
 def _floors(picked, layers, rank, pixels, total, comm) -> dict[str, torch.Tensor]:
-    """Per-layer floors from the seeded subsample (``guess_floors``); several ranks send
-    each unit's top ``floor_index + 1`` picked values, for all layers in one gather."""
+    """Per-layer floors from the seeded subsample (``guess_floors``: its ``floor_index + 1``-th
+    largest value per unit); with several ranks, selected over all ranks' picks at once."""
     sample = {}
     for name in layers:
         parts = picked.pop(name)
         sample[name] = torch.cat(parts).transpose(0, 1).reshape(parts[0].shape[1], -1)
-    if comm.world_size > 1:
-        top = floor_index(total, rank, pixels) + 1
-        mine = torch.cat([v.topk(min(top, v.shape[1]), dim=1).values for v in sample.values()])
-        merged = torch.cat(comm.gather(mine), 1).split([v.shape[0] for v in sample.values()])
-        sample = dict(zip(sample, merged))
-    return {name: guess_floors(v, rank, pixels, total)[0] for name, v in sample.items()}
+    if comm.world_size == 1:
+        return {name: guess_floors(v, rank, pixels)[0] for name, v in sample.items()}
+    rows = torch.cat(list(sample.values()))
+    floors = select_across(rows, torch.full((rows.shape[0], 1), floor_index(total, rank, pixels) + 1), comm)
+    return dict(zip(sample, floors.flatten().split([v.shape[0] for v in sample.values()])))
 
 
 def _replay(cache, segs, thresholds_or_levels, categories, desc, progress, tally_cls=LayerTally):

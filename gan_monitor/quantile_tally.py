@@ -40,7 +40,7 @@ from .upsample_blocks import AxisBlocks, PixelValues, neighbourhood_max, pick_ar
 from .distributed import run_phase
 from .thresholds import TopValues
 
-__all__ = ["interpolate_at", "floor_index", "guess_floors", "ActivePixels", "ordered_keys"]
+__all__ = ["interpolate_at", "floor_index", "guess_floors", "ActivePixels", "ordered_keys", "select_across"]
 
 
 def interpolate_at(raw: torch.Tensor, positions: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -354,3 +354,21 @@ def keys_to_values(keys: torch.Tensor) -> torch.Tensor:
     """Inverse of ``ordered_keys``."""
     bits = torch.where(keys >= 0, keys, keys ^ _LOW_BITS)
     return bits.to(torch.int32).view(torch.float32)
+
+
+def select_across(values: torch.Tensor, ranks: torch.Tensor, comm) -> torch.Tensor:
+    """``[U, R]`` float32: for each row u, the ``ranks[u, j]``-th largest (1 = largest) of
+    row u of ``values`` ``[U, s]`` taken over every rank of ``comm`` together (each rank
+    holds its own values), exactly: bisection on ``ordered_keys`` with one ``[U, R]`` count
+    summed over ranks per bit (32 rounds, whatever the number of ranks). ``ranks`` must
+    not exceed the total number of values per row."""
+    keys = ordered_keys(values).to(torch.int32).sort(dim=1).values  # ascending per row (keys fit in int32)
+    ranks = ranks.to(keys.device, torch.long)
+    lo = torch.full(ranks.shape, -(1 << 31), dtype=torch.long, device=keys.device)  # count(key >= lo) >= rank
+    hi = torch.full(ranks.shape, 1 << 31, dtype=torch.long, device=keys.device)  # count(key >= hi) < rank
+    for _ in range(32):
+        mid = torch.div(lo + hi, 2, rounding_mode="floor")
+        count = keys.shape[1] - torch.searchsorted(keys, mid.to(torch.int32))  # values with key >= mid
+        reached = comm.sum(count) >= ranks
+        lo, hi = torch.where(reached, mid, lo), torch.where(reached, hi, mid)
+    return keys_to_values(lo)

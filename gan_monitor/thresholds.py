@@ -171,16 +171,17 @@ class PixelSubsample:
         """``[U, L]`` ascending levels: the value with a fraction f of the subsample above it.
 
         ``comm`` (a ``distributed`` communicator): each rank took the picks of its own
-        images (``positions`` rows by global image index); each sends its top values and
-        every rank gets the levels of the whole subsample."""
+        images (``positions`` rows by global image index); the levels, order statistics of
+        the whole subsample, are selected exactly across ranks (``quantile_tally.select_across``)."""
         order = sorted(range(len(self.parts)), key=self.starts.__getitem__)
         values = torch.cat([self.parts[i] for i in order], 1)
         size = self.positions.numel() if comm is not None else values.shape[1]
         index = torch.clamp(torch.ceil(fractions * size - 1e-9).long(), 0, size - 1)
-        top = int(index.max()) + 1
-        ranked = values.topk(min(top, values.shape[1]), dim=1, sorted=True).values  # only the top part is needed
         if comm is not None and comm.world_size > 1:
-            ranked = torch.cat(comm.gather(ranked), 1).topk(top, dim=1, sorted=True).values
+            from .quantile_tally import select_across
+
+            return select_across(values, (index + 1).view(1, -1).expand(values.shape[0], -1), comm).contiguous()
+        ranked = values.topk(int(index.max()) + 1, dim=1, sorted=True).values  # only the top part is needed
         return ranked[:, index.to(ranked.device)].contiguous()
 
 
