@@ -54,7 +54,9 @@ class CausalUnits:
     Attributes:
         layer, concept: what was optimised.
         coefficients: float ``[U]``, the optimised ``a`` (in [0, 1]).
-        ranking: units by decreasing ``a``.
+        ranking: units by decreasing ``a``; ties (coefficients clamped at 1 or 0) broken
+            by ``pull``, the summed negative gradient: how hard the loss kept pushing
+            each coefficient up.
         initial: the IoU initialisation of ``a``.
         losses: loss per optimisation step.
         top_n: size of the evaluated sets; sets: ``{"causal", "iou", "random"}`` -> units.
@@ -72,6 +74,7 @@ class CausalUnits:
     top_n: int
     sets: dict[str, list[int]] = field(default_factory=dict)
     evaluation: dict[str, AceResult] = field(default_factory=dict)
+    pull: torch.Tensor | None = None
     insertion: dict[str, AceResult] = field(default_factory=dict)
 
     def fractions_removed(self) -> dict[str, float]:
@@ -160,7 +163,8 @@ def _candidates(generator, segmenter, layer, batch, c, k, shape, tries, gen):
 def causal_units(generator: nn.Module, layer: str, concept: str | int, *, segmenter, n: int = 200, seed: int = 0,
                  input_fn: Callable | None = None, inputs: Any = None, dissection=None, iou=None,
                  values: torch.Tensor | None = None, epochs: int = 10, lr: float = 0.01, penalty: float = 0.005,
-                 batch_size: int = 16, locations: int = 1, tries: int = 4, top_n: int = 20,
+                 batch_size: int = 16, locations: int = 1, tries: int = 4, insert_weight: float = 1.0,
+                 top_n: int = 20,
                  eval_n: int = 100, evaluate: bool = True, device=None) -> CausalUnits:
     """Rank the units of ``layer`` by their causal effect on ``concept`` (Eq. 5-6).
 
@@ -172,6 +176,8 @@ def causal_units(generator: nn.Module, layer: str, concept: str | int, *, segmen
         lr, penalty: Adam learning rate and L2 weight (reference: 0.01, 0.005).
         locations: removal (and as many insertion) locations sampled per image.
         tries: absent locations per image tested for insertability in each batch.
+        insert_weight: weight of the insertion term (1: Eq. 5-6; 0: removal only, which
+            ranks units for ablation alone and skips the insertion passes).
         top_n, eval_n, evaluate: size of the evaluated sets, images used (seed + 2).
     """
     validate_segmenter(segmenter)
@@ -196,15 +202,17 @@ def causal_units(generator: nn.Module, layer: str, concept: str | int, *, segmen
     optimiser = torch.optim.Adam([a], lr=lr)
     gen = torch.Generator().manual_seed(seed + 3)
     losses: list[float] = []
+    pull = torch.zeros_like(a, requires_grad=False)
     with eval_mode(generator, segmenter):
         for _ in range(int(epochs)):
             order = torch.randperm(n, generator=gen)
             for start in range(0, n, batch_size):
                 batch = index_inputs(inputs, order[start:start + batch_size])
                 batch = move_inputs(batch, device)
-                present, insertable = _candidates(generator, segmenter, layer, batch, c, k, shape, tries, gen)
+                present, insertable = _candidates(generator, segmenter, layer, batch, c, k, shape,
+                                                  tries if insert_weight else 0, gen)
                 remove_at = _sample_locations(present, locations, gen).to(device)
-                insert_at = _sample_locations(insertable, locations, gen).to(device)
+                insert_at = _sample_locations(insertable, locations, gen).to(device) * (insert_weight != 0)
                 loss = penalty * a.norm()
                 with torch.enable_grad():
                     if remove_at.sum() > 0:
@@ -214,17 +222,19 @@ def causal_units(generator: nn.Module, layer: str, concept: str | int, *, segmen
                     if insert_at.sum() > 0:
                         with Edit(generator, layer, coefficients=a, mask=insert_at, value=k):
                             probs = segmenter.probabilities(call_generator(generator, batch))[:, c]
-                        loss = loss - _masked_mean(probs, insert_at)
+                        loss = loss - insert_weight * _masked_mean(probs, insert_at)
                     grad, = torch.autograd.grad(loss, [a], allow_unused=True)
                 a.grad = torch.zeros_like(a) if grad is None else grad
+                pull -= a.grad.detach()
                 optimiser.step()
                 with torch.no_grad():
                     a.clamp_(0.0, 1.0)
                 losses.append(float(loss.detach()))
-    coefficients = a.detach().cpu()
-    ranking = torch.argsort(coefficients, descending=True, stable=True).tolist()
+    coefficients, pull = a.detach().cpu(), pull.cpu()
+    by_pull = torch.argsort(pull, descending=True, stable=True)
+    ranking = by_pull[torch.argsort(coefficients[by_pull], descending=True, stable=True)].tolist()
     result = CausalUnits(layer=layer, concept=list(segmenter.concepts)[c], coefficients=coefficients,
-                         ranking=ranking, initial=a0, losses=losses, top_n=min(int(top_n), shape[0]))
+                         ranking=ranking, initial=a0, losses=losses, pull=pull, top_n=min(int(top_n), shape[0]))
     if evaluate:
         m = result.top_n
         perm = torch.randperm(shape[0], generator=torch.Generator().manual_seed(seed + 4))

@@ -172,3 +172,20 @@ def test_trace_effects_maps_and_bad_inputs(world):
     from gan_monitor.causal import contextual_insertion
     with pytest.raises(IndexError, match="out of range"):
         contextual_insertion(g, "features", [99], "door", segmenter=s, n=2)
+
+
+def test_removal_only_objective_and_ties_broken_by_pull(world):
+    g, s = world
+    iou = torch.full((20,), 0.05)
+    iou[DECOY] = 1.0
+    iou[TREE] = 0.5
+    result = causal_units(g, "features", "tree", segmenter=s, n=32, iou=iou, epochs=4, lr=0.3, locations=4,
+                          insert_weight=0.0, evaluate=False)
+    assert sorted(result.ranking[:4]) == TREE
+    a, pull = result.coefficients, result.pull
+    assert (a[TREE] == 1).all()  # saturated: the ranking among them comes from the pull
+    position = {u: i for i, u in enumerate(result.ranking)}
+    for u in range(20):
+        for v in range(20):
+            if a[u] > a[v] or (a[u] == a[v] and pull[u] > pull[v]):
+                assert position[u] < position[v]
