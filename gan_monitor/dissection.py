@@ -30,9 +30,10 @@ and the global RNG is never used.
 Distributed (``distributed=`` a ``gan_monitor.distributed`` communicator): every rank
 draws the same held-out inputs and dissects its shard (samples ``rank::world_size``);
 the result is identical on every rank and to one process. Integer tallies are summed;
-the seeded pixel subsamples are defined by global sample index and their top values
-gathered; exact quantiles are selected by bisection over counts summed across ranks
-(``ActivePixels.kth_largest_across``); top-sample lists are merged. Each rank's local
+the seeded pixel subsamples are defined by global sample index; order statistics (the
+floors, iqr levels and exact quantiles) are selected by bisection over counts summed
+across ranks (``quantile_tally.select_across``, ``ActivePixels.kth_largest_across``);
+top-sample lists are gathered and merged. Each rank's local
 work runs in ``distributed.run_phase``: if one rank fails, all abandon together and the
 error names the failing rank(s). Ranks must hold the same generator parameters (checked);
 rank 0's buffers (e.g. BatchNorm statistics) are used on every rank.

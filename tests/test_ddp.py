@@ -91,6 +91,34 @@ def _config(threshold: str):
     return generator, segmenter, FailingSegmenter(multilabel=True), kwargs
 
 
+class CountingCommunicator:
+    """Wraps a communicator and counts the bytes this rank puts into each collective
+    (a gather: an 80-byte header and the largest rank's payload, which every rank pads to)."""
+
+    def __init__(self, inner):
+        self.inner, self.rank, self.world_size, self.sent = inner, inner.rank, inner.world_size, {}
+
+    def _count(self, op, n):
+        self.sent[op] = self.sent.get(op, 0) + int(n)
+
+    def sum(self, t):
+        self._count("all-reduce", t.numel() * t.element_size())
+        return self.inner.sum(t)
+
+    def broadcast(self, t, src=0):
+        self._count("broadcast", t.numel() * t.element_size())
+        return self.inner.broadcast(t, src)
+
+    def gather(self, t):
+        parts = self.inner.gather(t)
+        self._count("gather", 80 + max(p.numel() for p in parts) * t.element_size())
+        return parts
+
+    def vote(self, error):
+        self._count("all-reduce", 8 * self.world_size)
+        return self.inner.vote(error)
+
+
 def _dissect_worker(rank, world, port, out):
     """Each rank: both threshold modes, then a dissection whose segmenter raises on rank 1."""
     import torch.distributed as dist
@@ -104,6 +132,10 @@ def _dissect_worker(rank, world, port, out):
             generator, segmenter, _, kwargs = _config(threshold)
             result = dissect(generator, ["features"], segmenter, distributed=comm, **kwargs)
             torch.save({"result": result}, Path(out) / f"{threshold}{rank}.pt")
+        counting = CountingCommunicator(comm)  # the README's formula for iqr mode
+        generator, segmenter, _, kwargs = _config("iqr")
+        dissect(generator, ["features"], segmenter, distributed=counting, **kwargs)
+        torch.save(counting.sent, Path(out) / f"bytes{rank}.pt")
         generator, segmenter, failing, kwargs = _config("quantile")
         try:
             dissect(generator, ["features"], failing if rank == 1 else segmenter, distributed=comm, **kwargs)
@@ -150,6 +182,30 @@ def test_two_processes_equal_one(two_ranks, threshold):
     ld = single["features"]
     assert int(ld.interpretable.sum()) >= 5  # the planted units are found: the comparison is not vacuous
     assert len(set(ld.topk.flatten().tolist())) > 3
+
+
+@slow
+def test_bytes_communicated_follow_the_readme_formula(two_ranks):
+    generator, segmenter, _, kwargs = _config("iqr")
+    world, n_layers, levels, k = 2, 1, 100, kwargs["topk"]
+    units, concepts = len(generator.units), len(segmenter.concepts)
+    categories = len(set(segmenter.categories[1:]))
+    params = len(list(generator.parameters()))
+    buffers = sum(b.numel() * b.element_size() for b in generator.buffers())
+    per_unit = concepts + categories + 1
+    expected = {
+        "gather": 2 * (80 + 8 * (2 * params + 8))  # same generator and inputs (main and iqr sample)
+        + 80 + 16  # segmentation size
+        + 12 * k * units + 160,  # top images
+        "all-reduce": 5 * 8 * world  # votes
+        + 8 * (units * per_unit + n_layers * (2 * concepts + categories + 2))  # unit x concept counts
+        + 256 * units * levels  # candidate levels by bisection
+        + 8 * (units * per_unit * (levels + 1) + n_layers * per_unit),  # unit x concept x level counts
+    }
+    if buffers:
+        expected["broadcast"] = buffers
+    for rank in range(2):
+        assert torch.load(two_ranks / f"bytes{rank}.pt") == expected
 
 
 @slow
