@@ -1,7 +1,8 @@
 """Measure unit ablation on a trained toy GAN (numbers and images quoted in the README).
 
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python scripts/measure_ace_toygan.py \
-        --checkpoint runs/toygan_ace/toygan.ckpt --layer layer2 --concept tree --causal
+        --checkpoint runs/toygan_ace/toygan.ckpt --live --layer layer2 --concept tree \
+        --n 500 --draws 5 --causal --epochs 3 --lr 0.05 --locations 8
 
 The checkpoint comes from ``scripts/train_toygan.py`` (its docstring gives the command of
 ``runs/toygan_ace``). Uses the checkpoint's averaged generator (``generator_ema``) when it

@@ -5,10 +5,13 @@ sample grids.
     python scripts/train_toygan.py --minutes 15 --threads 2 --docs-grid docs/toygan_samples.png
     python scripts/train_toygan.py --iterations 1500     # stop after 1500 iterations
 
-The toy GAN of the README's intervention numbers (``runs/toygan_ace``; 1 thread):
+The toy GAN of the README's intervention numbers (``runs/toygan_ace``: seed 0, 4000
+iterations, layer2 widened to 512 units like the paper's ProGAN layer4 at 8x8; the
+numbers use the trained weights, ``--live`` in ``scripts/measure_ace_toygan.py``; 28 min
+on 1 thread):
 
-    python scripts/train_toygan.py --seed 0 --iterations ITER --minutes 0 --threads 1 \
-        --g-channels 512 128 64 32 --ema-decay 0.999 --ckpt-every 500 --out runs/toygan_ace
+    python scripts/train_toygan.py --seed 0 --iterations 4000 --minutes 0 --threads 1 \
+        --g-channels 256 512 64 32 --ema-decay 0.999 --ckpt-every 500 --out runs/toygan_ace
 
 One iteration = one discriminator update + one generator update on one batch
 (Lightning's ``global_step`` counts optimizer steps, i.e. two per iteration).
