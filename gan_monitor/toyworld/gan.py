@@ -266,11 +266,9 @@ class ToyGAN(pl.LightningModule):
         data_seed: seed of the scene renderer and of the shuffling order.
         g_norm: ``"batch"`` (default) or ``"pixel"`` normalisation in the generator.
         d_norm: ``"batch"`` (default) or ``"spectral"`` normalisation in the discriminator.
-        ema_decay: if > 0, also keep ``generator_ema``, an exponential moving average of
-            the generator's weights (``w_ema <- decay * w_ema + (1 - decay) * w`` after
-            every generator step), usually cleaner images; ``refresh_ema_batch_norm``
-            recomputes its batch-norm statistics (done before every checkpoint save).
-            ``eval_generator`` returns it (or ``generator`` when off). Default 0: off.
+        ema_decay: if > 0, also keep ``generator_ema``, the moving average of the generator's
+            weights (``w_ema <- decay w_ema + (1 - decay) w`` per generator step; its batch-norm
+            statistics are recomputed before every checkpoint save). Default 0: off.
 
     Logs ``g_loss`` and ``d_loss``. Latents during training come from the global RNG
     (seed it, e.g. ``lightning.pytorch.seed_everything``); data rendering and
@@ -308,12 +306,11 @@ class ToyGAN(pl.LightningModule):
         self.discriminator = ToyDiscriminator(image_size, d_channels, d_norm)
         self.generator_ema = None
         if ema_decay > 0:
-            self.generator_ema = ToyGenerator(latent_dim, image_size, g_channels, g_norm)
+            self.generator_ema = ToyGenerator(latent_dim, image_size, g_channels, g_norm).requires_grad_(False)
             self.generator_ema.load_state_dict(self.generator.state_dict())
-            self.generator_ema.requires_grad_(False)
 
     def eval_generator(self) -> ToyGenerator:
-        """The generator to look at: ``generator_ema`` if kept, else ``generator``."""
+        """``generator_ema`` if kept, else ``generator``."""
         return self.generator if self.generator_ema is None else self.generator_ema
 
     @torch.no_grad()
@@ -326,10 +323,8 @@ class ToyGAN(pl.LightningModule):
 
     @torch.no_grad()
     def refresh_ema_batch_norm(self, batches: int = 32, batch_size: int = 64, seed: int = 0) -> None:
-        """Recompute ``generator_ema``'s batch-norm running statistics as plain averages
-        over ``batches`` batches of seeded latents (its own weights, not the live
-        generator's, produced the statistics then). No-op without an EMA generator or
-        batch norm; the global RNG is left alone."""
+        """Recompute ``generator_ema``'s batch-norm statistics as plain averages over
+        ``batches`` batches of seeded latents (global RNG untouched); no-op without it."""
         g = self.generator_ema
         norms = [m for m in (g.modules() if g is not None else []) if isinstance(m, nn.BatchNorm2d)]
         if not norms:
