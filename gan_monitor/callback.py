@@ -177,6 +177,7 @@ class _MonitorLogic:
             # what rebuilds the held-out inputs, and a checksum to verify them
             "inputs": self.sample.state_dict(),
             "unit_fid": self.unit_fid.state_dict(),
+            "ace": self.ace.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -186,6 +187,7 @@ class _MonitorLogic:
         self.failures = int(state.get("failures", 0))
         self.sample.load_state_dict(state.get("inputs", {}))
         self.unit_fid.load_state_dict(state.get("unit_fid"))
+        self.ace.load_state_dict(state.get("ace"))
 
     # ---- Lightning hooks ------------------------------------------------------------
     def setup(self, trainer, pl_module, stage: str | None = None) -> None:
