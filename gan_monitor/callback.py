@@ -227,6 +227,9 @@ class _MonitorLogic:
         if not self._skip(trainer) and trainer.is_global_zero:
             self.unit_fid.on_save(self, trainer, pl_module)
             self.ace.on_save(self, trainer, pl_module)
+        saved = checkpoint.get("callbacks", {})
+        if self.state_key in saved:  # Lightning took the state before this hook: add what it just ran
+            saved[self.state_key] = self.state_dict()
 
     # ---- the work --------------------------------------------------------------------
     def resolve_generator(self, pl_module) -> nn.Module:

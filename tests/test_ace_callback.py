@@ -41,6 +41,10 @@ def test_ace_at_checkpoint_saves(tmp_path):
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1)
     trainer(tmp_path, [mon, ckpt], enable_checkpointing=True).fit(TinyGAN())
     assert len(mon.ace.history) == 2
+    # each checkpoint holds the evaluations up to and including the one run while saving it
+    files = sorted((tmp_path / "ckpt").glob("*.ckpt"), key=lambda f: f.stat().st_mtime)
+    saved = [torch.load(f, weights_only=True)["callbacks"][mon.state_key]["ace"]["history"] for f in files]
+    assert saved == [mon.ace.history[:1], mon.ace.history]
     assert all(set(h["metrics"]) <= {f"gan_monitor/{l}/ace/green/iou_top3_removed" for l in ("layer1", "layer2")}
                for h in mon.ace.history)
 
