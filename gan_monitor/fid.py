@@ -33,13 +33,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .features import RealStats, as_extractor, extract_features
-from .frechet import frechet_distance, sqrtm_psd, unit_frechet_distances
+from .frechet import covariance_factor, frechet_distance, sqrtm_psd, unit_frechet_distances
 from .inputs import call_generator, iterate_batches, make_inputs, num_samples
 from .tallies import TopSamples
 from .tracing import Edit, Trace, _as_layer_list, eval_mode, module_device, resolve_layer
 
-__all__ = ["sqrtm_psd", "frechet_distance", "unit_frechet_distances", "UnitFID", "per_unit_fid",
-           "per_unit_fid_layers", "ArtifactAblation", "artifact_ablation", "unrealistic_units"]
+__all__ = ["sqrtm_psd", "covariance_factor", "frechet_distance", "unit_frechet_distances", "UnitFID",
+           "per_unit_fid", "per_unit_fid_layers", "ArtifactAblation", "artifact_ablation", "unrealistic_units"]
 
 
 @dataclass
@@ -162,15 +162,15 @@ def per_unit_fid_layers(generator: nn.Module, layers: str | Sequence[str], *, po
         feats = _generated_features(generator, inputs, extractor, batch_size, device, progress,
                                     "per-unit FID: pool", layers, on_batch)
     real.check_usable(extractor.name, feats.shape[1])
-    root = sqrtm_psd(real.cov)
-    pool_fid = frechet_distance(feats, real, root)
+    factor = covariance_factor(real.cov)
+    pool_fid = frechet_distance(feats, real, factor)
     settings = {"pool": m, "k": k, "extractor": extractor.name, "real_count": real.count,
                 "real_source": real.source, "seed": seed if drawn else None,
                 "inputs": "drawn" if drawn else "given", "feature_dim": int(feats.shape[1])}
     out = {}
     for name in layers:
         top = tops[name]
-        fid = unit_frechet_distances(feats, top.indices.cpu(), real, root)
+        fid = unit_frechet_distances(feats, top.indices.cpu(), real, factor)
         out[name] = UnitFID(layer=name, fid=fid, topk=top.indices.cpu(), topk_values=top.values.cpu(),
                             pool=m, k=k, extractor=extractor.name, real_count=real.count,
                             seed=settings["seed"], pool_fid=pool_fid, settings=dict(settings), inputs=inputs)
@@ -289,9 +289,9 @@ def artifact_ablation(generator: nn.Module, layer: str, units: Sequence[int], *,
                 with Edit.ablate(generator, layer, edit_units):
                     feats = _generated_features(generator, inputs, extractor, batch_size, device, progress, desc)
         real.check_usable(extractor.name, feats.shape[1])
-        return frechet_distance(feats, real, root)
+        return frechet_distance(feats, real, factor)
 
-    root = sqrtm_psd(real.cov)
+    factor = covariance_factor(real.cov)
     before = fid_of("ablation: unchanged", trace=True)
     total = shape["units"]
     bad = [u for u in units if not 0 <= u < total]

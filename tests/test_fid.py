@@ -12,7 +12,7 @@ from torch import nn
 from gan_monitor import artifact_ablation, dissect, per_unit_fid
 from gan_monitor.features import (InceptionFeatures, ModuleFeatures, RealStats, ToySceneFeatures,
                                   extract_features, toy_real_stats)
-from gan_monitor.fid import per_unit_fid_layers, unit_frechet_distances
+from gan_monitor.fid import covariance_factor, per_unit_fid_layers, unit_frechet_distances
 from planted_world import PlantedGenerator, PlantedSegmenter
 
 torch.set_num_threads(1)
@@ -50,6 +50,25 @@ def test_batched_unit_fid_equals_torchmetrics(k, small_memory, monkeypatch):
     ours = unit_frechet_distances(pool, index, stats)
     for u in range(6):
         ref = torchmetrics_fid(real, pool[index[u]])  # the issue asks for 1e-3; both are float64
+        assert abs(float(ours[u]) - ref) <= 1e-6 * abs(ref), (u, float(ours[u]), ref)
+
+
+def test_singular_real_covariance_falls_back_to_the_square_root():
+    gen = torch.Generator().manual_seed(4)
+    real = torch.randn(300, 6, generator=gen, dtype=torch.float64)
+    real[:, 2] = 0.5  # a feature that never varies, and one that copies another: rank 4
+    real[:, 5] = real[:, 0]
+    pool = torch.randn(80, 6, generator=gen, dtype=torch.float64) + 0.2
+    stats = RealStats.from_features(real, "identity")
+    factor = covariance_factor(stats.cov)
+    assert not torch.equal(factor, torch.tril(factor))  # not Cholesky: the symmetric square root
+    torch.testing.assert_close(factor @ factor.T, stats.cov, rtol=0, atol=1e-12)
+    cholesky = covariance_factor(torch.cov(pool.T))
+    assert torch.equal(cholesky, torch.tril(cholesky))
+    index = torch.stack([torch.randperm(80, generator=gen)[:20] for _ in range(3)])
+    ours = unit_frechet_distances(pool, index, stats)
+    for u in range(3):
+        ref = torchmetrics_fid(real, pool[index[u]])
         assert abs(float(ours[u]) - ref) <= 1e-6 * abs(ref), (u, float(ours[u]), ref)
 
 
