@@ -116,7 +116,11 @@ def _load_inception(weights_path: str | Path, antialias: bool) -> nn.Module:
         from torchmetrics.image.fid import NoTrainInceptionV3
         from torchmetrics.utilities.imports import _TORCH_FIDELITY_AVAILABLE
     except Exception as err:  # a broken torchvision makes torchmetrics.image fail to import
-        raise ImportError(f"InceptionFeatures needs torchmetrics' image metrics, which failed to import: {err}") from err
+        raise ImportError(
+            f"InceptionFeatures needs torchmetrics' image metrics, which failed to import: {err}. torch-fidelity "
+            "imports torchvision, which must be built for the installed torch (PyPI's torchvision wheels need "
+            "PyPI's CUDA torch; with a CPU-only torch install torchvision from the same index as torch)."
+        ) from err
     if not _TORCH_FIDELITY_AVAILABLE:
         raise ImportError(
             "InceptionFeatures needs torch-fidelity (`pip install gan-monitor[inception]`, i.e. torch-fidelity, "
@@ -149,7 +153,7 @@ class InceptionFeatures(nn.Module):
             if weights_path is None or not Path(weights_path).is_file():
                 raise FileNotFoundError(
                     f"InceptionV3 weights not found at {weights_path!r}; gan_monitor never downloads them. "
-                    "Download torch-fidelity's pt_inception-2015-12-05 weights yourself and pass their path."
+                    "Download torch-fidelity's weights-inception-2015-12-05-6726825d.pth yourself and pass its path."
                 )
             _network = _load_inception(weights_path, bool(antialias))
         self.network = _network
