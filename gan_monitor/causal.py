@@ -112,7 +112,6 @@ def _iou_init(generator, layer, segmenter, c, iou, dissection, inputs, batch_siz
 
 def _sample_locations(candidates: torch.Tensor, per_image: int, gen: torch.Generator) -> torch.Tensor:
     """``[N, h, w]`` 0/1 mask with up to ``per_image`` random candidate locations per image."""
-    n = candidates.shape[0]
     flat = candidates.flatten(1).float()
     scores = torch.rand(flat.shape, generator=gen) * flat - (1 - flat)
     picked = torch.zeros_like(flat)
@@ -286,15 +285,9 @@ def contextual_insertion(generator: nn.Module, layer: str, units, concept: str |
     """Insert ``units`` (set to the concept's insertion values) at one featuremap
     location at a time and count the concept pixels gained; condition the mean
     gain on the concept already at the location (doors appear on buildings)."""
-    from .intervention import check_units
-    validate_segmenter(segmenter)
-    c = concept_index(segmenter, concept)
-    device = torch.device(device) if device is not None else module_device(generator)
-    if inputs is None:
-        inputs = make_inputs(generator, n, seed, input_fn)
-    with eval_mode(generator, segmenter), torch.no_grad():
-        shape = _layer_shape(generator, layer, inputs, device)
-    units = check_units(units, shape[0], layer)
+    from .intervention import prepare_edit
+    c, units, inputs, shape, device = prepare_edit(generator, layer, units, concept, segmenter, inputs, n, seed,
+                                                   input_fn, device)
     if values is None:
         values = insertion_values(generator, layer, segmenter, n=max(num_samples(inputs), 20), seed=seed + 1,
                                   input_fn=input_fn, batch_size=batch_size, device=device)

@@ -55,7 +55,7 @@ from .sampling import Sampler as _Sampler, compact_labels as _compact_labels
 from .segmenters import validate_segmenter
 from .quantile_tally import collect, exact_thresholds, floor_index, guess_floors, interpolate_at, select_across
 from .tallies import (LayerTally, TopSamples, category_index, concept_presence, dedupe_labels, encode_segmentation,
-                      image_chunks, upsample)
+                      upsample)
 from .thresholds import LevelTally, PixelSubsample, level_fractions, quantile_rank, score_levels
 from .tracing import _as_layer_list, eval_mode, module_device, resolve_layer
 

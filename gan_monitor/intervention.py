@@ -77,6 +77,20 @@ def _layer_shape(generator, layer: str, inputs, device) -> tuple[int, int, int]:
     return tuple(trace[layer].shape[1:])
 
 
+def prepare_edit(generator, layer: str, units, concept, segmenter, inputs, n: int, seed: int, input_fn, device):
+    """Check the arguments of an edit of ``units`` at ``layer`` and draw the held-out
+    inputs if not given -> (concept index, unit list, inputs, layer shape, device)."""
+    validate_segmenter(segmenter)
+    c = concept_index(segmenter, concept)
+    resolve_layer(generator, layer)
+    device = torch.device(device) if device is not None else module_device(generator)
+    if inputs is None:
+        inputs = make_inputs(generator, n, seed, input_fn)
+    with eval_mode(generator, segmenter), torch.no_grad():
+        shape = _layer_shape(generator, layer, inputs, device)
+    return c, check_units(units, shape[0], layer), inputs, shape, device
+
+
 def insertion_values(generator: nn.Module, layer: str, segmenter, *, inputs: Any = None, n: int = 200,
                      seed: int = 0, input_fn: Callable | None = None, batch_size: int = 32,
                      device=None, dissection=None) -> torch.Tensor:
@@ -199,17 +213,10 @@ def ace(generator: nn.Module, layer: str, units: Sequence[int], concept: str | i
             whole image.
         n, seed, input_fn / inputs: the held-out sample.
     """
-    validate_segmenter(segmenter)
     if mode not in ("ablate", "insert"):
         raise ValueError(f"mode must be 'ablate' or 'insert', got {mode!r}.")
-    c = concept_index(segmenter, concept)
-    resolve_layer(generator, layer)
-    device = torch.device(device) if device is not None else module_device(generator)
-    if inputs is None:
-        inputs = make_inputs(generator, n, seed, input_fn)
-    with eval_mode(generator, segmenter), torch.no_grad():
-        shape = _layer_shape(generator, layer, inputs, device)
-    units = check_units(units, shape[0], layer)
+    c, units, inputs, shape, device = prepare_edit(generator, layer, units, concept, segmenter, inputs, n, seed,
+                                                   input_fn, device)
     mask = _check_region(region, shape, num_samples(inputs))
     if mode == "ablate":
         edit_args = {"units": units, "value": 0.0}

@@ -6,7 +6,7 @@ import torch
 
 import gan_monitor
 from gan_monitor.causal import causal_units
-from intervention_world import DECOY, NOISE, TREE, CausalGenerator, CausalSegmenter, SegmentOnly
+from intervention_world import DECOY, TREE, CausalGenerator, CausalSegmenter, SegmentOnly
 
 
 @pytest.fixture(scope="module")

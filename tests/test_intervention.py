@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import gan_monitor
 from gan_monitor.inputs import make_inputs
