@@ -15,10 +15,10 @@ method) and the maximum relative difference of the FIDs.
 
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/per_unit_fid.py [--units 256] [--dims 96,512] [--ks 50,100]
 
-d = 96 is the embedded toy-scene extractor; k = 50 is the monitor's default
-``fid_k`` and k = 100 ``per_unit_fid``'s. Above d = 128 the torchmetrics loop is
-timed on ``--loop-units`` units (default 16; it takes ~0.2 s per unit at d = 512,
-~8 s at d = 2048) and scaled up to all units, which is marked in the output (every
+d = 96 is the embedded toy-scene extractor, 2048 InceptionV3's pool3; k = 50 is the
+default of both ``per_unit_fid`` and the monitor's ``fid_k``. Above d = 128 the
+torchmetrics loop is timed on ``--loop-units`` units (default 16; it takes ~0.2 s per
+unit at d = 512, ~4.5 s at d = 2048) and scaled up to all units, which is marked in the output (every
 unit costs the loop the same); the batched method always runs on all units.
 """
 from __future__ import annotations

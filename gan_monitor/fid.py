@@ -128,7 +128,7 @@ def _generated_features(generator, inputs, extractor, batch_size, device, progre
     return torch.cat(feats)
 
 
-def per_unit_fid_layers(generator: nn.Module, layers: str | Sequence[str], *, pool: int = 1000, k: int = 100,
+def per_unit_fid_layers(generator: nn.Module, layers: str | Sequence[str], *, pool: int = 1000, k: int = 50,
                         real_stats: RealStats, extractor=None, seed: int = 0, input_fn: Callable | None = None,
                         inputs: Any = None, batch_size: int = 50, device=None,
                         progress: bool = False) -> dict[str, UnitFID]:
@@ -177,7 +177,7 @@ def per_unit_fid_layers(generator: nn.Module, layers: str | Sequence[str], *, po
     return out
 
 
-def per_unit_fid(generator: nn.Module, layer: str, *, pool: int = 1000, k: int = 100, real_stats: RealStats,
+def per_unit_fid(generator: nn.Module, layer: str, *, pool: int = 1000, k: int = 50, real_stats: RealStats,
                  extractor=None, seed: int = 0, input_fn: Callable | None = None, inputs: Any = None,
                  batch_size: int = 50, device=None, progress: bool = False) -> UnitFID:
     """FID of each unit's ``k`` top-activating images among ``pool`` generated ones.
@@ -186,7 +186,9 @@ def per_unit_fid(generator: nn.Module, layer: str, *, pool: int = 1000, k: int =
         generator, layer: the model and the dotted name of a layer with featuremaps ``[N, U, h, w]``.
         pool: M, images generated (from ``input_fn`` seeded with ``seed``, or ``inputs``).
         k: top images per unit, ranked by the unit's max activation; keep it fixed
-            (FID depends on the sample size).
+            (FID depends on the sample size). Default 50: 5 % of the default pool, the
+            paper's ratio (10,000 of 200,000), and the monitor's ``fid_k``, so numbers
+            from both compare.
         real_stats: :class:`~gan_monitor.features.RealStats` under the same extractor.
         extractor: ``None`` (embedded toy-scene features), an ``nn.Module`` or a named callable.
         batch_size, device, progress: batching (no effect on results), where to run, tqdm.

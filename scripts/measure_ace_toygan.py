@@ -2,7 +2,7 @@
 
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python scripts/measure_ace_toygan.py \
         --checkpoint runs/toygan_ace/toygan.ckpt --live --layer layer2 --concept tree \
-        --n 500 --draws 5 --causal --epochs 3 --lr 0.05 --locations 8
+        --n 1000 --draws 10 --causal --epochs 10 --causal-n 300 --lr 0.05 --locations 8
 
 The checkpoint comes from ``scripts/train_toygan.py`` (its docstring gives the command of
 ``runs/toygan_ace``). Uses the checkpoint's averaged generator (``generator_ema``) when it

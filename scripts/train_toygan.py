@@ -5,13 +5,14 @@ sample grids.
     python scripts/train_toygan.py --minutes 15 --threads 2 --docs-grid docs/toygan_samples.png
     python scripts/train_toygan.py --iterations 1500     # stop after 1500 iterations
 
-The toy GAN of the README's intervention numbers (``runs/toygan_ace``: seed 0, 4000
-iterations, layer2 widened to 512 units like the paper's ProGAN layer4 at 8x8; the
-numbers use the trained weights, ``--live`` in ``scripts/measure_ace_toygan.py``; 28 min
-on 1 thread):
+The toy GAN of the README's intervention numbers (``runs/toygan_ace``: seed 0, ReLU
+units, 6000 iterations of 32 scenes from 16384, learning rates decaying linearly to 0
+from iteration 2000; the numbers use the trained weights, ``--live`` in
+``scripts/measure_ace_toygan.py``; 33 min on 1 thread):
 
-    python scripts/train_toygan.py --seed 0 --iterations 4000 --minutes 0 --threads 1 \
-        --g-channels 256 512 64 32 --ema-decay 0.999 --ckpt-every 500 --out runs/toygan_ace
+    python scripts/train_toygan.py --seed 0 --iterations 6000 --minutes 0 --threads 1 \
+        --g-activation relu --lr-decay 2000 6000 --num-scenes 16384 --batch-size 32 \
+        --ema-decay 0.999 --out runs/toygan_ace
 
 One iteration = one discriminator update + one generator update on one batch
 (Lightning's ``global_step`` counts optimizer steps, i.e. two per iteration).
@@ -102,6 +103,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--latent-dim", type=int, default=None)
     p.add_argument("--g-norm", choices=["pixel", "batch"], default=None)
     p.add_argument("--d-norm", choices=["spectral", "batch"], default=None)
+    p.add_argument("--lr-decay", type=int, nargs=2, default=None, metavar=("START", "END"),
+                   help="learning rates fall linearly to 0 from iteration START to END")
+    p.add_argument("--g-activation", choices=["leaky", "relu"], default=None,
+                   help="generator activation (default leaky ReLU 0.2; relu as in DCGAN)")
     p.add_argument("--g-channels", type=int, nargs="+", default=None,
                    help="generator widths from 4x4 upwards, e.g. 512 128 64 32 (default 256 128 64 32)")
     p.add_argument("--ema-decay", type=float, default=None,
@@ -124,6 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
             batch_size=args.batch_size, num_scenes=args.num_scenes, lr_g=args.lr_g,
             lr_d=args.lr_d, latent_dim=args.latent_dim, g_norm=args.g_norm, d_norm=args.d_norm,
             g_channels=tuple(args.g_channels) if args.g_channels else None, ema_decay=args.ema_decay,
+            g_activation=args.g_activation, lr_decay=tuple(args.lr_decay) if args.lr_decay else None,
         ).items()
         if v is not None
     }

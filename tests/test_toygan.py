@@ -210,3 +210,50 @@ def test_ema_generator_averages_weights_and_round_trips(tmp_path):
         assert torch.equal(a, b), name
     with pytest.raises(ValueError, match="ema_decay must be in"):
         ToyGAN(ema_decay=1.0, **TINY)
+
+
+def test_relu_generator_units_are_off_on_most_pixels_and_checkpoint_round_trips(tmp_path):
+    g = ToyGenerator(latent_dim=16, image_size=32, channels=(32, 16, 8), activation="relu").eval()
+    outputs, _ = _layer_outputs(g, torch.randn(4, 16, generator=torch.Generator().manual_seed(0)))
+    for name, out in outputs.items():
+        assert out.min() >= 0, name  # ReLU: exactly zero when off
+        assert 0.2 < float((out == 0).float().mean()) < 0.8, name  # batch norm centres, ReLU cuts half
+    leaky, _ = _layer_outputs(ToyGenerator(latent_dim=16, image_size=32, channels=(32, 16, 8)).eval(),
+                              torch.randn(4, 16))
+    assert all(out.min() < 0 for out in leaky.values())
+    with pytest.raises(ValueError, match="'leaky' or 'relu'"):
+        ToyGenerator(activation="tanh")
+    pl.seed_everything(0, verbose=False)
+    model = ToyGAN(**TINY, g_activation="relu")
+    trainer = _trainer(iterations=2)
+    trainer.fit(model)
+    trainer.save_checkpoint(tmp_path / "relu.ckpt")
+    loaded = load_toygan(str(tmp_path / "relu.ckpt"))
+    assert isinstance(loaded.generator.layer2.act, torch.nn.ReLU)
+    z = model.generator.sample_latents(3, seed=1)
+    model.eval(), loaded.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(z), model(z), rtol=0, atol=0)
+
+
+class _RecordLearningRates(pl.Callback):
+    def __init__(self):
+        self.rates = []
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.rates.append([opt.param_groups[0]["lr"] for opt in trainer.optimizers])
+
+
+def test_lr_decay_falls_linearly_to_zero_between_start_and_end():
+    pl.seed_everything(0, verbose=False)
+    model = ToyGAN(**TINY, lr_decay=(2, 6))
+    record = _RecordLearningRates()
+    trainer = _trainer(iterations=8)
+    trainer.callbacks.append(record)
+    trainer.fit(model)
+    # batch b (0-based) runs with factor clip((6 - b) / 4, 0, 1)
+    expected = [min(1.0, max(0.0, (6 - b) / 4)) * 1e-3 for b in range(8)]
+    assert [r[0] for r in record.rates] == pytest.approx(expected)
+    assert [r[1] for r in record.rates] == pytest.approx(expected)
+    with pytest.raises(ValueError, match="start < end"):
+        ToyGAN(**TINY, lr_decay=(5, 5))

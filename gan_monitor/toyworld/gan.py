@@ -99,6 +99,14 @@ class PixelNorm(nn.Module):
         return x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + 1e-8)
 
 
+def _generator_activation(kind: str) -> nn.Module:
+    if kind == "leaky":
+        return nn.LeakyReLU(0.2)
+    if kind == "relu":
+        return nn.ReLU()
+    raise ValueError(f"generator activation must be 'leaky' or 'relu', got {kind!r}.")
+
+
 def _generator_norm(kind: str, channels: int) -> nn.Module:
     if kind == "pixel":
         return PixelNorm()
@@ -110,12 +118,12 @@ def _generator_norm(kind: str, channels: int) -> nn.Module:
 class InputBlock(nn.Module):
     """Latent ``[N, latent_dim]`` -> featuremap ``[N, channels, 4, 4]``."""
 
-    def __init__(self, latent_dim: int, channels: int, norm: str = "pixel"):
+    def __init__(self, latent_dim: int, channels: int, norm: str = "pixel", activation: str = "leaky"):
         super().__init__()
         self.channels = channels
         self.linear = nn.Linear(latent_dim, channels * 16)
         self.norm = _generator_norm(norm, channels)
-        self.act = nn.LeakyReLU(0.2)
+        self.act = _generator_activation(activation)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         x = self.linear(z).view(z.shape[0], self.channels, 4, 4)
@@ -123,13 +131,13 @@ class InputBlock(nn.Module):
 
 
 class UpBlock(nn.Module):
-    """Double the resolution: nearest upsample, 3x3 conv, norm, leaky ReLU."""
+    """Double the resolution: nearest upsample, 3x3 conv, norm, leaky ReLU (or ReLU)."""
 
-    def __init__(self, in_channels: int, out_channels: int, norm: str = "pixel"):
+    def __init__(self, in_channels: int, out_channels: int, norm: str = "pixel", activation: str = "leaky"):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         self.norm = _generator_norm(norm, out_channels)
-        self.act = nn.LeakyReLU(0.2)
+        self.act = _generator_activation(activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.norm(upsample_conv2d(x, self.conv.weight, self.conv.bias)))
@@ -174,6 +182,7 @@ class ToyGenerator(nn.Module):
         image_size: int = 64,
         channels: Sequence[int] = (256, 128, 64, 32),
         norm: str = "batch",
+        activation: str = "leaky",
     ):
         super().__init__()
         _check_architecture(image_size, channels, "generator channels")
@@ -183,9 +192,9 @@ class ToyGenerator(nn.Module):
         self.image_size = int(image_size)
         channels = [int(c) for c in channels]
         self.layer_names = [f"layer{i + 1}" for i in range(len(channels))]
-        self.add_module("layer1", InputBlock(self.latent_dim, channels[0], norm))
+        self.add_module("layer1", InputBlock(self.latent_dim, channels[0], norm, activation))
         for i in range(1, len(channels)):
-            self.add_module(f"layer{i + 1}", UpBlock(channels[i - 1], channels[i], norm))
+            self.add_module(f"layer{i + 1}", UpBlock(channels[i - 1], channels[i], norm, activation))
         self.output = ToRGB(channels[-1])
 
     def featuremap_shapes(self) -> dict[str, tuple[int, int, int]]:
@@ -269,6 +278,12 @@ class ToyGAN(pl.LightningModule):
         ema_decay: if > 0, also keep ``generator_ema``, the moving average of the generator's
             weights (``w_ema <- decay w_ema + (1 - decay) w`` per generator step; its batch-norm
             statistics are recomputed before every checkpoint save). Default 0: off.
+        g_activation: ``"leaky"`` (leaky ReLU 0.2, default) or ``"relu"`` (DCGAN's generator)
+            after every generator block. ReLU units are off (0) on most pixels, so ablating
+            a unit (forcing it to 0) switches it off; see the README's intervention numbers.
+        lr_decay: ``(start, end)`` in training batches: both learning rates fall linearly
+            from their value at batch ``start`` to 0 at batch ``end`` (the weights settle,
+            so the trained generator itself is clean, not only an average). Default: constant.
 
     Logs ``g_loss`` and ``d_loss``. Latents during training come from the global RNG
     (seed it, e.g. ``lightning.pytorch.seed_everything``); data rendering and
@@ -290,8 +305,12 @@ class ToyGAN(pl.LightningModule):
         g_norm: str = "batch",
         d_norm: str = "batch",
         ema_decay: float = 0.0,
+        g_activation: str = "leaky",
+        lr_decay: Sequence[int] | None = None,
     ):
         super().__init__()
+        if lr_decay is not None and (len(lr_decay) != 2 or not 0 <= int(lr_decay[0]) < int(lr_decay[1])):
+            raise ValueError(f"lr_decay must be (start, end) training batches with 0 <= start < end, got {lr_decay}.")
         if not 0.0 <= float(ema_decay) < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1) (0 turns the average off), got {ema_decay}; "
                              "typical values are 0.999 or 0.9999.")
@@ -302,11 +321,12 @@ class ToyGAN(pl.LightningModule):
             )
         self.save_hyperparameters()
         self.automatic_optimization = False
-        self.generator = ToyGenerator(latent_dim, image_size, g_channels, g_norm)
+        self.generator = ToyGenerator(latent_dim, image_size, g_channels, g_norm, g_activation)
+        g_args = (latent_dim, image_size, g_channels, g_norm, g_activation)
         self.discriminator = ToyDiscriminator(image_size, d_channels, d_norm)
         self.generator_ema = None
         if ema_decay > 0:
-            self.generator_ema = ToyGenerator(latent_dim, image_size, g_channels, g_norm).requires_grad_(False)
+            self.generator_ema = ToyGenerator(*g_args).requires_grad_(False)
             self.generator_ema.load_state_dict(self.generator.state_dict())
 
     def eval_generator(self) -> ToyGenerator:
@@ -371,10 +391,24 @@ class ToyGAN(pl.LightningModule):
         opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=hp.lr_d, betas=betas)
         return [opt_g, opt_d]
 
+    def learning_rate_factor(self, batches: int) -> float:
+        """Factor applied to both learning rates after ``batches`` training batches."""
+        if self.hparams.get("lr_decay") is None:
+            return 1.0
+        start, end = (int(b) for b in self.hparams.lr_decay)
+        return min(1.0, max(0.0, (end - batches) / (end - start)))
+
+    def _decay_learning_rates(self, opt_g, opt_d) -> None:
+        factor = self.learning_rate_factor(self.global_step // 2)  # two optimizer steps per batch
+        for opt, base in ((opt_g, self.hparams.lr_g), (opt_d, self.hparams.lr_d)):
+            for group in opt.param_groups:
+                group["lr"] = float(base) * factor
+
     def training_step(self, batch, batch_idx):
         real = batch[0] if isinstance(batch, (list, tuple)) else batch
         real = real.float()
         opt_g, opt_d = self.optimizers()
+        self._decay_learning_rates(opt_g, opt_d)
         z = torch.randn(real.shape[0], self.hparams.latent_dim, device=self.device)
         fake = self.generator(z)
 
