@@ -24,7 +24,7 @@ import time
 import torch
 
 from gan_monitor import dissect
-from gan_monitor.tallies import LayerTally
+from gan_monitor.dissection.tally import LayerTally
 
 
 def best_of(repeat, fn):

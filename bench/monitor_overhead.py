@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main(argv=None) -> dict:
-    from gan_monitor.demo import DEFAULTS
+    from gan_monitor.cli.demo import DEFAULTS
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--demo-minutes", type=float, default=DEFAULTS["minutes"])
@@ -42,7 +42,7 @@ def main(argv=None) -> dict:
     import torch
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from gan_monitor.demo import make_monitor, plan_schedule, seconds_per_batch
+    from gan_monitor.cli.demo import make_monitor, plan_schedule, seconds_per_batch
     from gan_monitor.toyworld.gan import ToyGAN
     from gan_monitor.toyworld.segmenter import load_segmenter
 

@@ -1,5 +1,5 @@
 """Benchmark of per-unit FID: the batched symmetric-eigen computation
-(``gan_monitor.frechet.unit_frechet_distances``) against a loop of torchmetrics
+(``gan_monitor.fid.frechet.unit_frechet_distances``) against a loop of torchmetrics
 ``FrechetInceptionDistance`` computations (identity feature module, real features
 added once and kept with ``reset_real_features=False``), one per unit.
 
@@ -32,8 +32,8 @@ import time
 import torch
 from torch import nn
 
-from gan_monitor.features import RealStats
-from gan_monitor.frechet import unit_frechet_distances
+from gan_monitor.fid.features import RealStats
+from gan_monitor.fid.frechet import unit_frechet_distances
 
 
 class Identity(nn.Module):

@@ -3,7 +3,7 @@
     python examples/custom_segmenter.py                                   # untrained toy generator
     python examples/custom_segmenter.py --checkpoint runs/demo/version_0/checkpoints/last.ckpt --n 500
 
-A segmenter is any object with three members (gan_monitor.segmenters.Segmenter):
+A segmenter is any object with three members (gan_monitor.segmenters.base.Segmenter):
 
 * ``concepts``: names, index 0 = "no concept" ("-");
 * ``categories``: one per concept ("-" for index 0), e.g. object / part / material / color;
@@ -25,8 +25,8 @@ import argparse
 import torch
 
 from gan_monitor import dissect
-from gan_monitor.color_segmenter import ColorSegmenter
-from gan_monitor.segmenters import validate_segmenter
+from gan_monitor.segmenters.color import ColorSegmenter
+from gan_monitor.segmenters.base import validate_segmenter
 
 
 class SkySegmenter:

@@ -10,7 +10,7 @@ What differs from examples/train_with_monitor.py:
   ``input_fn`` returns a dict of keyword arguments, with ``noise_mode="const"`` so
   every dissection measures the same deterministic images (METHOD.md section 5);
 * its layers are named ``synthesis.b8``, ``synthesis.b16``, ... (list them with
-  ``gan_monitor.tracing.layer_names(G)``).
+  ``gan_monitor.core.tracing.layer_names(G)``).
 """
 import argparse
 

@@ -23,7 +23,7 @@ import time
 import torch
 
 from gan_monitor import Edit, ace, causal_units, dissect
-from gan_monitor.intervention import insertion_values
+from gan_monitor.interventions.ace import insertion_values
 from gan_monitor.toyworld import load_segmenter, load_toygan
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gan_monitor.inputs import index_inputs
-from gan_monitor.intervention import ace
+from gan_monitor.core.inputs import index_inputs
+from gan_monitor.interventions.ace import ace
 from test_callback import ColorSegmenter, TinyGAN, monitor, trainer
 
 
@@ -70,9 +70,9 @@ class SoftColorSegmenter(ColorSegmenter):
 
 
 def test_causal_option_logged_and_state_survives_checkpoints(tmp_path):
-    from gan_monitor.ace_schedule import AceSchedule
-    from gan_monitor.causal import causal_units
-    from gan_monitor.inputs import make_inputs
+    from gan_monitor.callbacks.ace import AceSchedule
+    from gan_monitor.interventions.causal_units import causal_units
+    from gan_monitor.core.inputs import make_inputs
 
     seg = SoftColorSegmenter()
     mon = monitor(segmenter=seg, ace_concepts=["red"],

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from gan_monitor.callback import DissectionMonitor
+from gan_monitor.callbacks.dissection_monitor import DissectionMonitor
 
 LATENT = 8
 N_HELD_OUT = 24
@@ -167,8 +167,8 @@ def test_tensorboard_events_have_every_tag(tmp_path):
 
 
 def test_logged_result_equals_direct_dissection():
-    from gan_monitor.dissection import dissect
-    from gan_monitor.inputs import make_inputs
+    from gan_monitor.dissection.pipeline import dissect
+    from gan_monitor.core.inputs import make_inputs
 
     mon = monitor(every_n_steps=None, every_n_epochs=1, on_train_start=False)
     model = TinyGAN()
@@ -346,7 +346,7 @@ def test_callable_generator_and_input_fn():
 def test_pytorch_lightning_flavour():
     import pytorch_lightning as ptl
 
-    from gan_monitor.callback import DissectionMonitorPL
+    from gan_monitor.callbacks.dissection_monitor import DissectionMonitorPL
 
     mon = DissectionMonitorPL(["layer2"], ColorSegmenter(), n=16, seed=0, batch_size=8,
                               every_n_steps=3, top_units=2, top_images=2)
@@ -359,7 +359,7 @@ def test_pytorch_lightning_flavour():
 
 
 def test_held_out_sample_rebuilds_from_state_and_detects_changes():
-    from gan_monitor.held_out import HeldOutSample
+    from gan_monitor.core.held_out import HeldOutSample
 
     g = TinyGenerator()
     first = HeldOutSample(5, 3)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from gan_monitor.cli import main
-from gan_monitor.demo import format_table
+from gan_monitor.cli.main import main
+from gan_monitor.cli.demo import format_table
 
 TINY_GAN = dict(latent_dim=16, image_size=32, g_channels=(32, 16, 8), d_channels=(8, 16, 32),
                 batch_size=8, num_scenes=32)
@@ -61,7 +61,7 @@ def test_format_table_first_and_last():
 
 
 def test_miniature_demo_writes_logs_checkpoints_and_table(tmp_path, capsys):
-    from gan_monitor.demo import run_demo
+    from gan_monitor.cli.demo import run_demo
 
     summary = run_demo(minutes=2, out=tmp_path / "demo", layers=["layer2", "layer3"], n=16,
                        every_n_steps=2, max_batches=4, threads=1, progress=False, gan_kwargs=TINY_GAN)
@@ -102,7 +102,7 @@ def test_examples_run(script, layers, tmp_path, monkeypatch, capsys):
 
 
 def test_demo_plans_its_schedule_from_the_first_batches(tmp_path, capsys):
-    from gan_monitor.demo import plan_schedule, run_demo
+    from gan_monitor.cli.demo import plan_schedule, run_demo
 
     assert plan_schedule(100.0, 0.5, 4, margin=1.0) == (190, 47)
     assert plan_schedule(100.0, 0.5, 4, max_batches=40, margin=1.0) == (40, 10)

@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-from gan_monitor.cli import main
+from gan_monitor.cli.main import main
 
 TINY_GAN = dict(latent_dim=16, image_size=32, g_channels=(32, 16, 8), d_channels=(8, 16, 32),
                 batch_size=8, num_scenes=32)
@@ -53,8 +53,8 @@ def timeline(ckpts, tmp_path_factory):
 
 
 def test_json_equals_python_api(ckpts, timeline):
-    from gan_monitor.dissection import dissect
-    from gan_monitor.results import DissectionResult
+    from gan_monitor.dissection.pipeline import dissect
+    from gan_monitor.dissection.results import DissectionResult
     from gan_monitor.toyworld.gan import load_toygan
     from gan_monitor.toyworld.segmenter import load_segmenter
 
@@ -81,7 +81,7 @@ def test_json_equals_python_api(ckpts, timeline):
 def test_tensorboard_tags_and_steps(timeline):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from gan_monitor.results import DissectionResult
+    from gan_monitor.dissection.results import DissectionResult
 
     acc = EventAccumulator(str(timeline / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
     acc.Reload()
@@ -165,8 +165,8 @@ def tiny_generator():
 
 
 def test_plain_state_dict_with_generator_factory(ckpts, tmp_path):
-    from gan_monitor.dissection import dissect
-    from gan_monitor.results import DissectionResult
+    from gan_monitor.dissection.pipeline import dissect
+    from gan_monitor.dissection.results import DissectionResult
     from gan_monitor.toyworld.gan import load_toygan
     from gan_monitor.toyworld.segmenter import load_segmenter
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gan_monitor.color_segmenter import COLOR_TERMS, ColorSegmenter, srgb_to_lab
+from gan_monitor.segmenters.color import COLOR_TERMS, ColorSegmenter, srgb_to_lab
 
 # CSS colour keywords whose basic colour term is not in doubt
 REFERENCE = {
@@ -66,7 +66,7 @@ def test_cielab_matches_published_values():
 
 def test_segment_is_the_nearest_prototype():
     """Brute force: each pixel gets the term of its nearest prototype in CIELAB."""
-    from gan_monitor.color_segmenter import PROTOTYPES
+    from gan_monitor.segmenters.color import PROTOTYPES
 
     seg = ColorSegmenter(value_range=(0, 1))
     x = torch.rand(2, 3, 6, 7, dtype=torch.float64).float()

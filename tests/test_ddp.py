@@ -24,8 +24,8 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from gan_monitor import distributed
-from gan_monitor.dissection import dissect
+from gan_monitor.core import distributed
+from gan_monitor.dissection.pipeline import dissect
 from test_callback import N_HELD_OUT, ColorSegmenter, TinyGAN, TinyGenerator, monitor
 
 HERE = Path(__file__).parent
@@ -63,7 +63,7 @@ def test_single_process_communicator_is_the_identity():
 
 
 def test_order_preserving_keys_of_the_exact_quantile_search():
-    from gan_monitor.quantile_tally import keys_to_values, ordered_keys
+    from gan_monitor.core.distributed import keys_to_values, ordered_keys
 
     g = torch.Generator().manual_seed(0)
     values = torch.cat([torch.randn(5000, generator=g) * 10 ** torch.randint(-30, 30, (5000,), generator=g),
@@ -146,7 +146,7 @@ def _dissect_worker(rank, world, port, out):
         # the monitor's unrealistic-unit filter: rank 0's per-unit FIDs reach every rank
         from types import SimpleNamespace
 
-        from gan_monitor.monitor_ranks import shared_unit_fid_filter
+        from gan_monitor.callbacks.ranks import shared_unit_fid_filter
 
         fids = {"a": torch.arange(5.0, dtype=torch.float64), "b": torch.tensor([7.0, 8.0], dtype=torch.float64)}
         schedule = SimpleNamespace(max_unit_fid=4.0, layers=["a", "b"], fids=fids if rank == 0 else {},
@@ -291,8 +291,8 @@ def train_ddp(out: str) -> None:
 def test_monitor_under_ddp_spawn(tmp_path):
     import csv
 
-    from gan_monitor.inputs import make_inputs
-    from gan_monitor.sinks import scalar_metrics
+    from gan_monitor.core.inputs import make_inputs
+    from gan_monitor.report.tensorboard import scalar_metrics
 
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", PYTHONPATH=os.pathsep.join(
         [str(HERE), str(HERE.parent), os.environ.get("PYTHONPATH", "")]))
@@ -332,7 +332,7 @@ def test_monitor_under_ddp_spawn(tmp_path):
 def test_cli_devices_2_writes_what_devices_1_writes(tmp_path):
     import lightning.pytorch as pl
 
-    from gan_monitor.cli import main
+    from gan_monitor.cli.main import main
     from gan_monitor.toyworld.gan import ToyGAN
 
     pl.seed_everything(0, verbose=False)

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from gan_monitor import dissect
-from gan_monitor.dissection import upsample
-from gan_monitor.results import DissectionResult
+from gan_monitor.dissection.upsample import upsample
+from gan_monitor.dissection.results import DissectionResult
 from planted_world import CATEGORIES, CONCEPTS, PlantedGenerator, PlantedSegmenter
 
 torch.set_num_threads(1)

@@ -1,5 +1,5 @@
-"""Per-unit FID and artifact units (gan_monitor.fid, gan_monitor.features,
-gan_monitor.fid_logging): agreement with torchmetrics' FrechetInceptionDistance,
+"""Per-unit FID and artifact units (gan_monitor.fid.unit_fid, gan_monitor.fid.features,
+gan_monitor.report.fid_tensorboard): agreement with torchmetrics' FrechetInceptionDistance,
 top-k selection against a brute-force sort, a planted artifact unit, the toy GAN
 at a checkpoint, bad inputs."""
 from __future__ import annotations
@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from gan_monitor import artifact_ablation, dissect, per_unit_fid
-from gan_monitor.features import (InceptionFeatures, ModuleFeatures, RealStats, ToySceneFeatures,
+from gan_monitor.fid.features import (InceptionFeatures, ModuleFeatures, RealStats, ToySceneFeatures,
                                   extract_features, toy_real_stats)
-from gan_monitor.fid import covariance_factor, per_unit_fid_layers, unit_frechet_distances
+from gan_monitor.fid.unit_fid import covariance_factor, per_unit_fid_layers, unit_frechet_distances
 from planted_world import PlantedGenerator, PlantedSegmenter
 
 torch.set_num_threads(1)
@@ -40,7 +40,7 @@ def torchmetrics_fid(real_feats: torch.Tensor, fake_feats: torch.Tensor) -> floa
 @pytest.mark.parametrize("small_memory", [False, True])  # True: one unit per chunk
 def test_batched_unit_fid_equals_torchmetrics(k, small_memory, monkeypatch):
     if small_memory:
-        monkeypatch.setattr("gan_monitor.frechet.CHUNK_BYTES", 2000)
+        monkeypatch.setattr("gan_monitor.fid.frechet.CHUNK_BYTES", 2000)
     gen = torch.Generator().manual_seed(0)
     d = 12
     real = torch.randn(400, d, generator=gen, dtype=torch.float64) @ torch.randn(d, d, generator=gen).double()
@@ -190,7 +190,7 @@ def test_toygan_checkpoint_evaluation_logs_three_scalars(tmp_path, toy32):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from torch.utils.tensorboard import SummaryWriter
 
-    from gan_monitor.fid_logging import write_artifact_ablation, write_unit_fid
+    from gan_monitor.report.fid_tensorboard import write_artifact_ablation, write_unit_fid
     from gan_monitor.toyworld.gan import ToyGAN, load_toygan
 
     extractor, stats = toy32

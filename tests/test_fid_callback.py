@@ -1,6 +1,6 @@
-"""Per-unit FID and the artifact ablation inside DissectionMonitor (gan_monitor.fid_schedule):
+"""Per-unit FID and the artifact ablation inside DissectionMonitor (gan_monitor.callbacks.unit_fid):
 a tiny toy GAN trained with TensorBoard and checkpoints, the logged values against
-direct gan_monitor.fid calls on the same held-out inputs, schedules, failures, arguments."""
+direct gan_monitor.fid.unit_fid calls on the same held-out inputs, schedules, failures, arguments."""
 from __future__ import annotations
 
 import io
@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from gan_monitor.callback import DissectionMonitor
-from gan_monitor.features import ModuleFeatures, RealStats
-from gan_monitor.fid import artifact_ablation, per_unit_fid_layers
-from gan_monitor.inputs import make_inputs
+from gan_monitor.callbacks.dissection_monitor import DissectionMonitor
+from gan_monitor.fid.features import ModuleFeatures, RealStats
+from gan_monitor.fid.unit_fid import artifact_ablation, per_unit_fid_layers
+from gan_monitor.core.inputs import make_inputs
 from gan_monitor.toyworld.gan import ToyGAN
 
 torch.set_num_threads(1)

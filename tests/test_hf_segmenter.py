@@ -13,7 +13,7 @@ pytest.importorskip("transformers")
 
 from tiny_hf_models import ade_id2label, make_segformer, make_upernet  # noqa: E402
 
-from gan_monitor.hf_segmenter import HFSegmenter  # noqa: E402
+from gan_monitor.segmenters.huggingface import HFSegmenter  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from test_cli_dissect import ckpts, timeline  # noqa: F401  (module-scoped fixtures)
 
-from gan_monitor.cli import main
-from gan_monitor.results import DissectionResult
+from gan_monitor.cli.main import main
+from gan_monitor.dissection.results import DissectionResult
 
 
 class _Collect(HTMLParser):
@@ -120,7 +120,7 @@ def test_compare_rows_png_and_errors(timeline, tmp_path, capsys):  # noqa: F811
 def test_demo_reports_its_last_checkpoint(tmp_path, capsys):
     from test_cli_dissect import TINY_GAN
 
-    from gan_monitor.demo import run_demo
+    from gan_monitor.cli.demo import run_demo
 
     summary = run_demo(minutes=2, out=tmp_path, layers=["layer3"], n=8, every_n_steps=2, max_batches=2,
                        threshold="quantile", threads=1, progress=False, gan_kwargs=TINY_GAN)

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gan_monitor.segmenters import Segmenter, validate_segmentation, validate_segmenter
+from gan_monitor.segmenters.base import Segmenter, validate_segmentation, validate_segmenter
 from gan_monitor.toyworld import CONCEPT_CATEGORIES, CONCEPT_NAMES
 from gan_monitor.toyworld.scenes import render_scenes
 from gan_monitor.toyworld.segmenter import (

@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 
-from gan_monitor.cli import main
-from gan_monitor.segmenter_specs import load_segmenter_spec
+from gan_monitor.cli.main import main
+from gan_monitor.segmenters.specs import load_segmenter_spec
 
 N = 16
 
@@ -23,7 +23,7 @@ def tiny_generator():
 
 def my_segmenter():
     """pkg.module:function target: a user-written segmenter."""
-    from gan_monitor.color_segmenter import ColorSegmenter
+    from gan_monitor.segmenters.color import ColorSegmenter
 
     return ColorSegmenter(output_size=8)
 
@@ -50,8 +50,8 @@ def generator_file(tmp_path_factory):
 
 
 def test_builtin_specs():
-    from gan_monitor.color_segmenter import ColorSegmenter
-    from gan_monitor.parts import PartSegmenter
+    from gan_monitor.segmenters.color import ColorSegmenter
+    from gan_monitor.segmenters.parts import PartSegmenter
     from gan_monitor.toyworld.segmenter import ToySegmenter
 
     assert isinstance(load_segmenter_spec("toyworld"), ToySegmenter)
@@ -80,8 +80,8 @@ def test_bad_specs(spec, error, message):
 
 
 def test_transformers_specs(hf_folders, tmp_path):
-    from gan_monitor.hf_segmenter import HFSegmenter
-    from gan_monitor.parts import PartSegmenter
+    from gan_monitor.segmenters.huggingface import HFSegmenter
+    from gan_monitor.segmenters.parts import PartSegmenter
 
     ade = load_segmenter_spec(f"ade20k:{hf_folders['ade']}")
     assert isinstance(ade, HFSegmenter) and ade.is_ade20k and ade.concepts[3] == "sky"
@@ -104,8 +104,8 @@ def _dissect_cli(generator_file, out, segmenter):
 
 @pytest.mark.parametrize("kind", ["ade20k", "color", "toyworld+parts"])
 def test_cli_dissect_end_to_end(kind, generator_file, tmp_path, request):
-    from gan_monitor.dissection import dissect
-    from gan_monitor.results import DissectionResult
+    from gan_monitor.dissection.pipeline import dissect
+    from gan_monitor.dissection.results import DissectionResult
 
     # only the ade20k case needs transformers (the fixture skips without it)
     spec = f"ade20k:{request.getfixturevalue('hf_folders')['ade']}" if kind == "ade20k" else kind
@@ -138,7 +138,7 @@ def test_cli_bad_spec_one_line(generator_file, hf_folders, tmp_path, capsys):
 def test_example_custom_segmenter(monkeypatch):
     from pathlib import Path
 
-    from gan_monitor.segmenters import validate_segmentation
+    from gan_monitor.segmenters.base import validate_segmentation
 
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "examples"))
     seg = load_segmenter_spec("custom_segmenter:make_segmenter")

@@ -7,9 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gan_monitor.tallies import LayerTally, TopSamples, encode_segmentation, category_index, upsample
-from gan_monitor.quantile_tally import collect, interpolate_at
-from gan_monitor.thresholds import LevelTally, TopValues, quantile_rank, score_levels
+from gan_monitor.dissection.tally import LayerTally, encode_segmentation, category_index
+from gan_monitor.dissection.top_samples import TopSamples
+from gan_monitor.dissection.upsample import upsample
+from gan_monitor.dissection.thresholds.quantile import collect, interpolate_at
+from gan_monitor.dissection.thresholds.iqr import LevelTally, score_levels
+from gan_monitor.dissection.thresholds.top_values import TopValues, quantile_rank
 
 torch.set_num_threads(1)
 
@@ -242,7 +245,7 @@ def test_collect_keeps_exactly_the_pixels_above_the_floor():
 
 @pytest.mark.parametrize("per_image_limit", [None, 0])
 def test_add_active_counts_listed_pixels_like_brute_force(per_image_limit, monkeypatch):
-    import gan_monitor.tallies as tallies
+    import gan_monitor.dissection.tally as tallies
     if per_image_limit is not None:  # force the path for many (unit, image) pairs
         monkeypatch.setattr(tallies, "CHUNK_ELEMENTS", per_image_limit)
     gen = torch.Generator().manual_seed(11)
@@ -277,7 +280,7 @@ def _round_to_float32(x) -> float:
 
 def test_fused_sum_rounds_once_like_a_fused_multiply_add():
     from fractions import Fraction
-    from gan_monitor.upsample_blocks import fused_sum
+    from gan_monitor.dissection.upsample_blocks import fused_sum
     gen = torch.Generator().manual_seed(12)
     p = torch.randn(3000, generator=gen) * torch.logspace(-3, 3, 3000)
     b = torch.randn(3000, generator=gen)
@@ -293,7 +296,7 @@ def test_fused_sum_rounds_once_like_a_fused_multiply_add():
                                         ((6, 6), (6, 6)), ((9, 4), (5, 3))])
 @pytest.mark.parametrize("dense", [False, True])
 def test_collect_kth_and_above_are_exact_on_every_path(shape, size, dense, monkeypatch):
-    import gan_monitor.upsample_blocks as blocks
+    import gan_monitor.dissection.upsample_blocks as blocks
     if dense:  # as if upsample's rounding could not be reproduced: the dense fallback
         monkeypatch.setattr(blocks, "_ARITHMETIC", {(*shape, *size, "cpu"): None})
     gen = torch.Generator().manual_seed(13)

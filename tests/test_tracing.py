@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from gan_monitor.inputs import call_generator, infer_latent_shape, iterate_batches, make_inputs, num_samples
-from gan_monitor.tracing import Edit, Trace, layer_names, resolve_layer
+from gan_monitor.core.inputs import call_generator, infer_latent_shape, iterate_batches, make_inputs, num_samples
+from gan_monitor.core.tracing import Edit, Trace, layer_names, resolve_layer
 
 torch.set_num_threads(1)
 
@@ -159,7 +159,7 @@ def test_batches_of_tuples_and_dicts():
 def test_eval_mode_restores_mixed_flags_even_on_error():
     import pytest
     from torch import nn
-    from gan_monitor.tracing import eval_mode
+    from gan_monitor.core.tracing import eval_mode
 
     net = nn.Sequential(nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2), nn.Sequential(nn.Dropout(), nn.ReLU()))
     net.train()
@@ -174,7 +174,7 @@ def test_eval_mode_restores_mixed_flags_even_on_error():
 
 def test_module_device_reads_parameters_then_buffers_then_default():
     from torch import nn
-    from gan_monitor.tracing import module_device
+    from gan_monitor.core.tracing import module_device
 
     assert module_device(nn.Linear(2, 2)) == torch.device("cpu")
     bn = nn.BatchNorm2d(3, affine=False)         # buffers only

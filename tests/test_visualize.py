@@ -1,12 +1,12 @@
-"""Drawing functions of gan_monitor.visualize, checked pixel by pixel against
+"""Drawing functions of gan_monitor.report.pictures, checked pixel by pixel against
 independent brute-force versions."""
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from gan_monitor.results import LayerDissection
-from gan_monitor.visualize import (
+from gan_monitor.dissection.results import LayerDissection
+from gan_monitor.report.pictures import (
     CATEGORY_COLORS,
     images_to_uint8,
     interpretable_units_table,
@@ -148,8 +148,8 @@ def test_interpretable_units_table_rows_in_iou_order():
 def test_top_unit_examples_match_a_direct_forward_pass():
     from torch import nn
 
-    from gan_monitor.inputs import index_inputs
-    from gan_monitor.unit_images import top_unit_examples
+    from gan_monitor.core.inputs import index_inputs
+    from gan_monitor.report.unit_examples import top_unit_examples
 
     torch.manual_seed(0)
     gen = nn.Sequential(nn.Linear(6, 4 * 4 * 4), nn.Unflatten(1, (4, 4, 4)),

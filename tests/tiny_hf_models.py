@@ -10,7 +10,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # belt and braces: tests never rea
 
 import torch  # noqa: E402
 
-from gan_monitor.ade20k import ADE20K_NAMES  # noqa: E402
+from gan_monitor.segmenters.ade20k import ADE20K_NAMES  # noqa: E402
 
 
 def ade_id2label() -> dict[int, str]:

@@ -2,7 +2,7 @@
 
 ``load_segmenter()`` returns a :class:`ToySegmenter` with the weights shipped in
 ``gan_monitor/toyworld/weights/segmenter.pt`` (trained by
-``scripts/train_segmenter.py``).  It follows the :class:`gan_monitor.segmenters.Segmenter`
+``scripts/train_segmenter.py``).  It follows the :class:`gan_monitor.segmenters.base.Segmenter`
 protocol: ``segment(images) -> LongTensor [N,H,W]`` and a differentiable
 ``probabilities(images) -> [N,C,H,W]``.  Images are float ``[N,3,H,W]`` in [-1, 1]
 of any size of at least 8 pixels; sizes that are not multiples of 8 are padded

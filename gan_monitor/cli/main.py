@@ -1,0 +1,68 @@
+"""The ``gan-monitor`` command line.
+
+    gan-monitor demo [--minutes 10] [--out runs/demo] ...
+
+Each subcommand lives in its own module, which provides ``add_arguments(parser)``
+and ``run(args) -> int``; adding one (e.g. ``dissect``, ``report``) means adding a
+line to ``SUBCOMMANDS``.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+__all__ = ["SUBCOMMANDS", "build_parser", "main"]
+
+# name -> (module implementing it, one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("gan_monitor.cli.demo",
+             "train the toy GAN with the DissectionMonitor on and watch interpretable units emerge"),
+    "dissect": ("gan_monitor.cli.dissect", "dissect saved checkpoints (JSON, TensorBoard timeline, summary table)"),
+    "report": ("gan_monitor.report.html", "write an offline HTML unit browser for a `dissect` output folder"),
+    "compare": ("gan_monitor.cli.compare", "layers, checkpoints or models side by side: interpretable units per category"),
+}
+
+
+class UsageError(Exception):
+    """A user error a subcommand reports as ``gan-monitor <cmd>: error: ...`` (exit 2)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from gan_monitor import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="gan-monitor",
+        description="GAN Dissection for everyday GAN training (see README.md).",
+    )
+    parser.add_argument("--version", action="version", version=f"gan_monitor {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in SUBCOMMANDS.items():
+        mod = importlib.import_module(module)
+        p = sub.add_parser(name, help=help_text, description=(mod.__doc__ or help_text).strip(),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run, _parser=p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except UsageError as err:
+        args._parser.print_usage(sys.stderr)
+        print(f"gan-monitor {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

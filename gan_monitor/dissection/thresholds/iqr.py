@@ -1,0 +1,194 @@
+"""Per-unit activation thresholds (METHOD.md 1.2).
+
+``quantile`` mode: the threshold of unit u is its ``(k+1)``-th largest upsampled
+activation over all pixels of all images, ``k = ceil(q * pixels)`` (``quantile_rank``),
+so that exactly the top ``k`` pixels (fewer with ties) lie strictly above it.
+``dissect`` finds it with ``quantile_tally``; ``TopValues`` is the general streaming
+exact version (used there for units with heavy ties, and mergeable across
+processes): it keeps only the values above a per-unit floor known to be at or
+below the answer, pruning with ``kthvalue`` when its buffer fills. Memory:
+``U * max(2(k+1), k+1 + batch values)`` float32. The result is the same for any
+batching.
+
+``iqr`` mode (paper Eq. 2): candidate levels are each unit's values at top
+fractions log-spaced from ``1e-3`` to ``max_fraction`` (default 0.2: levels stay in
+the top of each unit's distribution), read from an exact sort of a fixed-size
+seeded subsample of pixels (``PixelSubsample``; the levels are only candidates, the
+IoU at the chosen level is then counted exactly). ``LevelTally`` bucketizes
+activations into the levels and accumulates per (unit, concept, bucket) counts in
+one pass; a reverse cumulative sum gives the 2x2 table of (unit on, concept
+present) at every level. ``score_levels`` computes ``IQR = I(A;S) / H(A,S)``.
+Guards: IQR counts only where the unit is positively associated with the concept,
+with precision ``P(S|A)`` at least ``min_lift`` (default 2) times the base rate
+``P(S)`` (IQR is symmetric and otherwise rewards anti-correlated or chance
+agreement with large concepts); concepts absent from the sample score 0.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torchmetrics import Metric
+
+from gan_monitor.dissection.tally import EncodedSegmentation, category_index, encode_segmentation, image_chunks
+from gan_monitor.dissection.upsample import upsample
+
+__all__ = ["TopValues", "quantile_rank", "level_fractions", "PixelSubsample", "LevelTally", "score_levels"]
+
+
+
+
+
+
+
+
+def level_fractions(n_levels: int = 100, min_fraction: float = 1e-3, max_fraction: float = 0.2) -> torch.Tensor:
+    """Top fractions of the candidate levels, log-spaced, largest first (lowest level first)."""
+    if not 0 < min_fraction < max_fraction < 1:
+        raise ValueError(f"need 0 < min_fraction < max_fraction < 1, got {min_fraction}, {max_fraction}.")
+    return torch.logspace(math.log10(max_fraction), math.log10(min_fraction), int(n_levels), dtype=torch.float64)
+
+
+class PixelSubsample:
+    """A fixed, seeded subsample of each unit's upsampled activations.
+
+    ``per_image`` pixel positions are drawn per image index from a
+    ``torch.Generator`` seeded with ``seed`` (never the global RNG), so the sample is
+    the same for any batching.
+    """
+
+    def __init__(self, n_images: int, n_pixels: int, per_image: int, seed: int, device=None):
+        gen = torch.Generator().manual_seed(int(seed))
+        self.positions = torch.randint(int(n_pixels), (int(n_images), int(per_image)), generator=gen).to(device)
+        self.parts: list[torch.Tensor] = []
+        self.starts: list[int] = []
+
+    def update(self, picked: torch.Tensor, start: int) -> None:
+        """``picked`` ``[B, U, per_image]``: the values at ``positions[start:start+B]``
+        (e.g. from ``quantile_tally.interpolate_at``)."""
+        self.parts.append(picked.transpose(0, 1).reshape(picked.shape[1], -1))
+        self.starts.append(start)
+
+    def levels(self, fractions: torch.Tensor, comm=None) -> torch.Tensor:
+        """``[U, L]`` ascending levels: the value with a fraction f of the subsample above it.
+
+        ``comm`` (a ``distributed`` communicator): each rank took the picks of its own
+        images (``positions`` rows by global image index); the levels, order statistics of
+        the whole subsample, are selected exactly across ranks (``quantile_tally.select_across``)."""
+        order = sorted(range(len(self.parts)), key=self.starts.__getitem__)
+        values = torch.cat([self.parts[i] for i in order], 1)
+        size = self.positions.numel() if comm is not None else values.shape[1]
+        index = torch.clamp(torch.ceil(fractions * size - 1e-9).long(), 0, size - 1)
+        if comm is not None and comm.world_size > 1:
+            from gan_monitor.core.distributed import select_across
+
+            return select_across(values, (index + 1).view(1, -1).expand(values.shape[0], -1), comm).contiguous()
+        ranked = values.topk(int(index.max()) + 1, dim=1, sorted=True).values  # only the top part is needed
+        return ranked[:, index.to(ranked.device)].contiguous()
+
+
+class LevelTally(Metric):
+    """Per (unit, concept, level bucket) counts for scoring all candidate levels at once.
+
+    ``levels`` ``[U, L]`` ascending per unit. A pixel's bucket is the number of levels
+    strictly below its activation, so ``activation > level_j`` iff bucket > j; bucket 0
+    (at or below every level) is never needed and not counted.
+    States (int64, summed): ``intersection [U, C, L+1]``, ``active [U, L+1]``,
+    ``active_in_category [U, K, L+1]``, ``label_pixels [C]``, ``pixels_in_category [K]``,
+    ``pixels``. Memory ``O(U*C*L)``, independent of the number of samples.
+    """
+
+    full_state_update = False
+
+    def __init__(self, levels: torch.Tensor, categories: Sequence[str], **kwargs):
+        super().__init__(**kwargs)
+        self.register_buffer("levels", levels.float().contiguous(), persistent=False)
+        self.category_names, concept_category = category_index(list(categories))
+        self.register_buffer("concept_category", concept_category, persistent=False)
+        u, nl = levels.shape
+        c, k = len(categories), len(self.category_names)
+        self.n_units, self.n_levels, self.n_concepts, self.n_categories = u, nl, c, k
+        for name, shape in [("intersection", (u, c, nl + 1)), ("active", (u, nl + 1)),
+                            ("active_in_category", (u, k, nl + 1)), ("label_pixels", (c,)),
+                            ("pixels_in_category", (k,)), ("pixels", ())]:
+            self.add_state(name, default=torch.zeros(shape, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, acts: torch.Tensor, seg) -> None:  # type: ignore[override]
+        if not isinstance(seg, EncodedSegmentation):
+            seg = encode_segmentation(seg, self.n_concepts, self.concept_category, self.n_categories)
+        height, width = seg.size
+        hw = height * width
+        u, nb, c = self.n_units, self.n_levels + 1, self.n_concepts
+        lowest = self.levels[:, 0].to(acts.device)
+        for start, stop in image_chunks(len(seg), u * hw * 2):
+            part = seg.slice(start, stop)
+            b = stop - start
+            up = upsample(acts[start:stop].float().transpose(0, 1).contiguous(), (height, width)).flatten(2)
+            # Only pixels above the lowest level count at any level (bucket 0 is never used),
+            # so bucketize just those (about max_fraction of them), one unit at a time.
+            units, images, pixels = (up > lowest.view(-1, 1, 1)).nonzero(as_tuple=True)  # grouped by unit
+            values = up[units, images, pixels]
+            per_unit = torch.bincount(units, minlength=u).tolist()
+            bucket = torch.empty_like(units)
+            first = 0
+            for unit, count in enumerate(per_unit):
+                if count:
+                    bucket[first:first + count] = torch.bucketize(values[first:first + count], self.levels[unit])
+                    first += count
+            cell = units * nb + bucket  # unit * (L+1) + bucket
+            per_image = torch.bincount(images * (u * nb) + cell, minlength=b * u * nb).view(b, u, nb)
+            self.active += per_image.sum(0)
+            self.active_in_category += (per_image.unsqueeze(2) * part.category_present.view(b, 1, -1, 1)).sum(0)
+            for d in range(part.labels.shape[1]):
+                index = cell * c + part.labels[images, d, pixels]
+                counts = torch.bincount(index, minlength=u * nb * c).view(u, nb, c)
+                self.intersection += counts.transpose(1, 2)
+        labels = seg.labels.flatten()
+        self.label_pixels += torch.bincount(labels, minlength=c)[:c]
+        self.label_pixels[0] = 0
+        self.pixels_in_category += seg.category_present.sum(0) * hw
+        self.pixels += len(seg) * hw
+
+    def compute(self):
+        return self.intersection
+
+
+def _above(hist: torch.Tensor) -> torch.Tensor:
+    """Counts above each level from bucket histograms ``[..., L+1]`` -> ``[..., L]``."""
+    return hist.flip(-1).cumsum(-1).flip(-1)[..., 1:]
+
+
+def score_levels(tally: LevelTally, variant: str = "plain", min_lift: float = 2.0) -> dict[str, torch.Tensor]:
+    """IQR and IoU of every (unit, concept, level): ``[U, C, L]`` float64 each."""
+    inter = _above(tally.intersection).double()  # [U, C, L]
+    if variant == "plain":
+        active = _above(tally.active).double()[:, None, :]
+        total = tally.pixels.double().view(1, 1, 1)
+    elif variant == "category":
+        index = tally.concept_category.clamp(min=0).to(tally.active_in_category.device)
+        active = _above(tally.active_in_category).double()[:, index, :]
+        total = tally.pixels_in_category.double()[index].view(1, -1, 1)
+    else:
+        raise ValueError(f"iou variant must be 'plain' or 'category', got {variant!r}.")
+    label = tally.label_pixels.double().view(1, -1, 1)
+    union = active + label - inter
+    iou = inter / union.clamp(min=1)
+    t = total.clamp(min=1)
+    cells = [inter / t, (active - inter) / t, (label - inter) / t, (t - union) / t]
+    p_a, p_s = active / t, label / t
+    margins = [(p_a, p_s), (p_a, 1 - p_s), (1 - p_a, p_s), (1 - p_a, 1 - p_s)]
+    mutual = torch.zeros_like(inter)
+    joint = torch.zeros_like(inter)
+    for p, (ma, ms) in zip(cells, margins):
+        p = p.clamp(min=0)
+        pos = p > 0
+        logp = torch.log(torch.where(pos, p, 1.0))
+        joint -= torch.where(pos, p * logp, 0.0)
+        mutual += torch.where(pos, p * (logp - torch.log((ma * ms).clamp(min=1e-300))), 0.0)
+    iqr = torch.where(joint > 0, mutual / joint.clamp(min=1e-300), 0.0)
+    positive = inter * t >= min_lift * active * label  # precision >= min_lift * base rate
+    iqr = torch.where(positive & (inter > 0), iqr, 0.0)
+    iqr[:, 0] = 0
+    iou[:, 0] = 0
+    return {"iqr": iqr, "iou": iou}
