@@ -20,6 +20,8 @@ Exit codes: 0 done, 1 error (one line; --debug shows the traceback), 2 bad usage
 """
 from __future__ import annotations
 
+from gan_monitor.core.errors import CommandError
+
 import argparse
 import csv
 import io
@@ -30,10 +32,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 __all__ = ["add_arguments", "run", "dissect_checkpoints", "load_segmenter_spec", "CommandError"]
-
-
-class CommandError(Exception):
-    """An error reported as one line, exit code 1."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

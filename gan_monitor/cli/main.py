@@ -8,6 +8,8 @@ line to ``SUBCOMMANDS``.
 """
 from __future__ import annotations
 
+from gan_monitor.core.errors import UsageError
+
 import argparse
 import importlib
 import sys
@@ -23,10 +25,6 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "report": ("gan_monitor.report.html", "write an offline HTML unit browser for a `dissect` output folder"),
     "compare": ("gan_monitor.cli.compare", "layers, checkpoints or models side by side: interpretable units per category"),
 }
-
-
-class UsageError(Exception):
-    """A user error a subcommand reports as ``gan-monitor <cmd>: error: ...`` (exit 2)."""
 
 
 def build_parser() -> argparse.ArgumentParser:

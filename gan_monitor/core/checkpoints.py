@@ -20,13 +20,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+
+from gan_monitor.core.errors import CheckpointError
 from torch import nn
 
 __all__ = ["CheckpointError", "LoadedGenerator", "import_object", "read_checkpoint", "load_generator"]
-
-
-class CheckpointError(Exception):
-    """A checkpoint that cannot be used, with the reason and the fix."""
 
 
 @dataclass

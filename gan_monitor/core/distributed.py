@@ -27,6 +27,8 @@ from typing import Any, Callable, Protocol, runtime_checkable
 
 import torch
 
+from gan_monitor.core.errors import RankFailure
+
 __all__ = ["Communicator", "SingleProcess", "TorchDistributed", "RankFailure", "current", "resolve",
            "run_phase", "rank_zero_buffers", "check_identical", "fingerprint"]
 
@@ -178,20 +180,6 @@ def resolve(distributed: Any) -> Communicator:
         return distributed
     raise TypeError("distributed must be None (one process), True/'auto' (torch.distributed's default group) or a "
                     f"gan_monitor.core.distributed communicator, got {type(distributed).__name__}.")
-
-
-class RankFailure(RuntimeError):
-    """Raised on every rank when some rank's local work failed. ``failed``: ``{rank: message}``."""
-
-    def __init__(self, what: str, failed: dict[int, str], world_size: int):
-        self.failed = dict(failed)
-        if len(failed) == world_size and len(set(failed.values())) == 1:
-            super().__init__(f"{what} failed on all {world_size} ranks ({next(iter(failed.values()))}).")
-            return
-        ranks = ", ".join(str(r) for r in sorted(failed))
-        details = "; ".join(f"rank {r}: {m}" for r, m in sorted(failed.items()))
-        super().__init__(f"{what} failed on rank{'s' if len(failed) > 1 else ''} {ranks} of {world_size} "
-                         f"({details}); all ranks abandoned it together.")
 
 
 def run_phase(comm: Communicator, what: str, work: Callable[[], Any]) -> Any:

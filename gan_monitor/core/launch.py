@@ -19,15 +19,9 @@ from typing import Any, Callable
 
 import torch
 
+from gan_monitor.core.errors import LaunchError
+
 __all__ = ["spawn", "torchrun_world_size", "join_torchrun", "LaunchError"]
-
-
-class LaunchError(RuntimeError):
-    """A rank failed; ``kind`` is the name of its exception type."""
-
-    def __init__(self, message: str, kind: str = "RuntimeError"):
-        super().__init__(message)
-        self.kind = kind
 
 
 def _free_port() -> int:

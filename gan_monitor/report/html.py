@@ -15,6 +15,8 @@ JavaScript): it works offline from the file system. All text is HTML-escaped.
 """
 from __future__ import annotations
 
+from gan_monitor.core.errors import ReportError
+
 import argparse
 import json
 import re
@@ -24,10 +26,6 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["add_arguments", "run", "build_report", "load_timeline", "ReportError"]
-
-
-class ReportError(Exception):
-    """A folder that cannot be reported, with the reason."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

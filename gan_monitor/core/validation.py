@@ -1,0 +1,69 @@
+"""Checks of single argument values, shared by the API, the callbacks and the CLI, so that
+each value is validated once and every message names the argument and what it accepts.
+
+>>> positive_int("n", 5)
+5
+>>> positive_int("n", 2.5)
+Traceback (most recent call last):
+...
+ValueError: n must be a positive integer, got 2.5.
+>>> choice("iou", "plain", ("plain", "category"))
+'plain'
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+__all__ = ["positive_int", "non_negative_int", "integer", "fraction", "choice", "positive_float"]
+
+
+def _is_int(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int)
+
+
+def positive_int(name: str, value: Any, *, allow_none: bool = False) -> int | None:
+    """``value`` as an int >= 1 (``None`` passes when ``allow_none``); bools and floats are refused."""
+    if value is None and allow_none:
+        return None
+    if not _is_int(value) or value < 1:
+        hint = " or None" if allow_none else ""
+        raise ValueError(f"{name} must be a positive integer{hint}, got {value!r}.")
+    return int(value)
+
+
+def non_negative_int(name: str, value: Any) -> int:
+    if not _is_int(value) or value < 0:
+        raise ValueError(f"{name} must be an integer >= 0, got {value!r}.")
+    return int(value)
+
+
+def integer(name: str, value: Any) -> int:
+    """Any int (e.g. a seed); ``None``, bools, floats and strings are refused."""
+    if not _is_int(value):
+        raise TypeError(f"{name} must be an integer, got {value!r}.")
+    return int(value)
+
+
+def fraction(name: str, value: Any, *, closed: bool = False, meaning: str = "") -> float:
+    """A float in (0, 1), or in [0, 1] when ``closed``."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        ok = 0.0 <= value <= 1.0 if closed else 0.0 < value < 1.0
+    if not ok:
+        where = "[0, 1]" if closed else "(0, 1)"
+        raise ValueError(f"{name} must lie in {where}{' (' + meaning + ')' if meaning else ''}, got {value!r}.")
+    return float(value)
+
+
+def positive_float(name: str, value: Any, *, allow_zero: bool = False) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{name} must be a finite number {'>= 0' if allow_zero else '> 0'}, got {value!r}.")
+    return float(value)
+
+
+def choice(name: str, value: Any, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(repr(c) for c in choices)}; got {value!r}.")
+    return value
