@@ -24,12 +24,18 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's gan_monitor, not an installed one
+
+import lightning.pytorch as pl  # noqa: E402
+import torch  # noqa: E402
+from lightning.pytorch.loggers import TensorBoardLogger  # noqa: E402
+
+from gan_monitor.cli.demo import DEFAULTS, make_monitor, plan_schedule, seconds_per_batch  # noqa: E402
+from gan_monitor.toyworld.gan import ToyGAN  # noqa: E402
+from gan_monitor.toyworld.segmenter import load_segmenter  # noqa: E402
 
 
 def main(argv=None) -> dict:
-    from gan_monitor.cli.demo import DEFAULTS
-
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--demo-minutes", type=float, default=DEFAULTS["minutes"])
     p.add_argument("--fraction", type=float, default=0.25, help="share of the demo's batches per run")
@@ -37,14 +43,6 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     if not 0 < args.fraction <= 1:
         p.error("--fraction must be in (0, 1]")
-
-    import lightning.pytorch as pl
-    import torch
-    from lightning.pytorch.loggers import TensorBoardLogger
-
-    from gan_monitor.cli.demo import make_monitor, plan_schedule, seconds_per_batch
-    from gan_monitor.toyworld.gan import ToyGAN
-    from gan_monitor.toyworld.segmenter import load_segmenter
 
     torch.set_num_threads(args.threads)
     segmenter = load_segmenter()
@@ -87,7 +85,7 @@ def main(argv=None) -> dict:
         "demo_minutes": args.demo_minutes,
         "demo_planned_batches": expected,
         "every_n_steps": every,
-        "monitor": {k: DEFAULTS[k] for k in ("layers", "n", "threshold", "quantile", "cutoff")},
+        "monitor": {k: DEFAULTS[k] for k in ("layers", "n", "threshold", "iqr_n", "quantile", "iou", "cutoff")},
         "batches_per_run": batches,
         "seconds_without_monitor": round(t_without, 2),
         "seconds_with_monitor": round(t_with, 2),

@@ -25,8 +25,9 @@ import argparse
 import torch
 
 from gan_monitor import dissect
-from gan_monitor.segmenters.color import ColorSegmenter
 from gan_monitor.segmenters.base import validate_segmenter
+from gan_monitor.segmenters.color import ColorSegmenter
+from gan_monitor.toyworld.gan import ToyGenerator, load_toygan
 
 
 class SkySegmenter:
@@ -94,12 +95,8 @@ def main():
     torch.set_num_threads(1)
     torch.manual_seed(0)
     if args.checkpoint:
-        from gan_monitor.toyworld.gan import load_toygan
-
         generator = load_toygan(args.checkpoint).generator
     else:
-        from gan_monitor.toyworld.gan import ToyGenerator
-
         generator = ToyGenerator()
         print("no --checkpoint: dissecting an untrained toy generator (expect few interpretable units)")
     segmenter = make_segmenter()

@@ -8,7 +8,7 @@ What differs from examples/train_with_monitor.py:
   ``module.G``): pass a callable ``generator=lambda m: m.G_ema.module``;
 * it is called as ``G(z, c, noise_mode=...)`` and injects random noise per layer:
   ``input_fn`` returns a dict of keyword arguments, with ``noise_mode="const"`` so
-  every dissection measures the same deterministic images (METHOD.md section 5);
+  every dissection measures the same deterministic images (docs/method.md §1);
 * its layers are named ``synthesis.b8``, ``synthesis.b16``, ... (list them with
   ``gan_monitor.core.tracing.layer_names(G)``).
 """

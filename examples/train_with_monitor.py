@@ -59,6 +59,8 @@ if __name__ == "__main__":
         ["2", "3"], load_segmenter(),      # layers of self.generator, and a segmenter
         generator="generator",             # attribute path (or a callable module -> nn.Module)
         every_n_steps=max(1, args.steps // 6), n=args.n, seed=0,
+        # more: threshold=IQR(n=100), pictures=PictureOptions(top_units=8), ace=AceOptions(["tree"]),
+        #       unit_fid=UnitFIDOptions(real_stats, every_n_steps=1000)   (see DissectionMonitor's docstring)
     )
     trainer = pl.Trainer(max_steps=2 * args.steps,  # manual optimisation: 2 optimizer steps per batch
                          callbacks=[monitor], default_root_dir="runs/example", log_every_n_steps=10)

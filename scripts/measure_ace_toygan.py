@@ -21,6 +21,7 @@ import json
 import time
 
 import torch
+from PIL import Image, ImageDraw
 
 from gan_monitor import Edit, ace, causal_units, dissect
 from gan_monitor.interventions.ace import insertion_values
@@ -28,7 +29,6 @@ from gan_monitor.toyworld import load_segmenter, load_toygan
 
 
 def save_grid(rows: list[tuple[str, torch.Tensor]], path: str) -> None:
-    from PIL import Image, ImageDraw
     label_w, gap = 120, 2
     n, _, h, w = rows[0][1].shape
     canvas = Image.new("RGB", (label_w + n * (w + gap), len(rows) * (h + gap)), "white")

@@ -1,20 +1,21 @@
-"""DissectionMonitor's causal-effect option (ace_concepts) in a real Lightning run."""
+"""DissectionMonitor's causal-effect option (``ace=AceOptions(...)``) in a real Lightning run,
+and the schedule on its own with a MonitorContext."""
 from __future__ import annotations
 
 import pytest
 import torch
+from test_callback import ColorSegmenter, TinyGAN, monitor, trainer
 
+from gan_monitor.callbacks.ace import AceOptions, AceSchedule
 from gan_monitor.core.inputs import index_inputs
 from gan_monitor.interventions.ace import ace
-from test_callback import ColorSegmenter, TinyGAN, monitor, trainer
 
 
 def test_ace_logged_every_epoch_matches_direct_measurement(tmp_path):
     from lightning.pytorch.loggers import CSVLogger
 
     logger = CSVLogger(str(tmp_path), name="csv", version=0)
-    mon = monitor(ace_concepts=["red", "blue"], ace_options={"every_n_epochs": 1, "on_save": False, "top_n": 4,
-                                                              "n": 8})
+    mon = monitor(ace=AceOptions(["red", "blue"], every_n_epochs=1, on_save=False, top_n=4, n=8))
     # Seeded: with some initialisations the tiny generator paints no blue at all, and a
     # concept absent from every image is (correctly) left out of the metrics.
     torch.manual_seed(5)
@@ -37,7 +38,7 @@ def test_ace_logged_every_epoch_matches_direct_measurement(tmp_path):
 def test_ace_at_checkpoint_saves(tmp_path):
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    mon = monitor(ace_concepts="green", ace_options={"top_n": 3, "n": 8})
+    mon = monitor(ace=AceOptions("green", top_n=3, n=8))
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1)
     trainer(tmp_path, [mon, ckpt], enable_checkpointing=True).fit(TinyGAN())
     assert len(mon.ace.history) == 2
@@ -51,14 +52,38 @@ def test_ace_at_checkpoint_saves(tmp_path):
 
 def test_ace_option_errors():
     with pytest.raises(ValueError, match="not concepts of the segmenter; known: red, green, blue"):
-        monitor(ace_concepts=["tree"])
+        monitor(ace=AceOptions(["tree"]))
+    with pytest.raises(TypeError, match="unexpected keyword argument 'topn'"):
+        AceOptions(["red"], topn=3)
+    with pytest.raises(TypeError, match="probabilities"):
+        monitor(ace=AceOptions(["red"], causal=True))
+    with pytest.raises(ValueError, match="never evaluated"):
+        AceOptions(["red"], on_save=False)
+    assert not monitor().ace.enabled
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(concepts=[]), ValueError, r"AceOptions\(concepts\) must name at least one concept"),
+    (dict(concepts=["red", 3]), ValueError, r"AceOptions\(concepts\)"),
+    (dict(top_n=0), ValueError, r"AceOptions\(top_n\) must be a positive integer"),
+    (dict(n=1.5), ValueError, r"AceOptions\(n\) must be a positive integer"),
+    (dict(every_n_epochs=0), ValueError, r"AceOptions\(every_n_epochs\) must be a positive integer or None"),
+    (dict(on_save=1), TypeError, r"AceOptions\(on_save\) must be True or False"),
+    (dict(causal="yes"), TypeError, r"AceOptions\(causal\) must be True or False"),
+])
+def test_ace_options_reject_bad_values_naming_the_field(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        AceOptions(**{"concepts": ["red"], **kwargs})
+
+
+def test_legacy_ace_keywords_warn_and_give_the_same_options():
+    with pytest.warns(FutureWarning, match=r"ace=AceOptions\(concepts=\('red',\), top_n=3, causal=True\)"):
+        legacy = monitor(segmenter=SoftColorSegmenter(), ace_concepts="red", ace_options={"top_n": 3, "causal": True})
+    assert legacy.ace.options == AceOptions(["red"], top_n=3, causal=True)
     with pytest.raises(ValueError, match="unknown ace_options"):
         monitor(ace_concepts=["red"], ace_options={"topn": 3})
-    with pytest.raises(TypeError, match="probabilities"):
-        monitor(ace_concepts=["red"], ace_options={"causal": True})
-    with pytest.raises(ValueError, match="never evaluated"):
-        monitor(ace_concepts=["red"], ace_options={"on_save": False})
-    assert not monitor().ace.enabled
+    with pytest.raises(ValueError, match="use ace= only"):
+        monitor(ace=AceOptions(["red"]), ace_concepts=["red"])
 
 
 class SoftColorSegmenter(ColorSegmenter):
@@ -70,13 +95,11 @@ class SoftColorSegmenter(ColorSegmenter):
 
 
 def test_causal_option_logged_and_state_survives_checkpoints(tmp_path):
-    from gan_monitor.callbacks.ace import AceSchedule
-    from gan_monitor.interventions.causal_units import causal_units
     from gan_monitor.core.inputs import make_inputs
+    from gan_monitor.interventions.causal_units import causal_units
 
     seg = SoftColorSegmenter()
-    mon = monitor(segmenter=seg, ace_concepts=["red"],
-                  ace_options={"every_n_epochs": 1, "on_save": False, "top_n": 3, "n": 8, "causal": True})
+    mon = monitor(segmenter=seg, ace=AceOptions(["red"], every_n_epochs=1, on_save=False, top_n=3, n=8, causal=True))
     torch.manual_seed(5)
     model = TinyGAN()
     trainer(tmp_path, [mon]).fit(model)
@@ -96,8 +119,56 @@ def test_causal_option_logged_and_state_survives_checkpoints(tmp_path):
     path = tmp_path / "ace_state.pt"
     mon.ace.failures = 1
     torch.save(mon.ace.state_dict(), path)
-    fresh = AceSchedule(monitor(segmenter=seg), ["red"], causal=True)
+    fresh = AceSchedule(AceOptions(["red"], causal=True), monitor(segmenter=seg).context)
     fresh.load_state_dict(torch.load(path, weights_only=True))
     assert fresh.history == mon.ace.history and fresh.last_step == 6 and fresh.failures == 1
     fresh.load_state_dict(None)  # a checkpoint without this state
     assert fresh.history == [] and fresh.last_step is None and fresh.failures == 0
+
+
+class RecordingLogger:
+    """A Lightning-style logger that keeps what it is given."""
+
+    def __init__(self):
+        self.logged = []
+
+    def log_metrics(self, metrics, step):
+        self.logged.append((step, dict(metrics)))
+
+    def save(self):
+        pass
+
+
+def test_schedule_runs_with_a_context_and_no_monitor():
+    """AceSchedule sees only a MonitorContext: here one built from a generator, a held-out
+    sample and a dissection, with a stand-in trainer; no DissectionMonitor exists."""
+    from types import SimpleNamespace
+
+    from test_callback import TinyGenerator
+
+    from gan_monitor.callbacks.context import MonitorContext
+    from gan_monitor.core.held_out import HeldOutSample
+    from gan_monitor.dissection.pipeline import dissect
+
+    torch.manual_seed(5)
+    generator = TinyGenerator()
+    module = SimpleNamespace(nets=SimpleNamespace(g=generator), device=torch.device("cpu"))
+    sample = HeldOutSample(16, 3)
+    inputs = sample.inputs(generator, "cpu")
+    result = dissect(generator, ["layer2"], ColorSegmenter(), inputs=inputs, batch_size=8, topk=2)
+    context = MonitorContext(layers=("layer2",), segmenter=ColorSegmenter(), sample=sample,
+                             resolve_generator=lambda m: m.nets.g, batches_seen=lambda: 7,
+                             latest_dissection=lambda: result, batch_size=8)
+    schedule = AceSchedule(AceOptions(["red", "green"], top_n=2, n=8), context)
+    logger = RecordingLogger()
+    trainer = SimpleNamespace(loggers=[logger], current_epoch=0)  # no fit loop: the step is batches_seen
+    schedule.on_save(trainer, module)
+    schedule.on_save(trainer, module)  # a second file saved at the same step: evaluated once
+    (step, metrics), = logger.logged
+    assert step == 7 and schedule.history == [{"step": 7, "metrics": metrics}]
+    for c, concept in ((1, "red"), (2, "green")):
+        units = torch.argsort(result["layer2"].iou[:, c], descending=True, stable=True)[:2].tolist()
+        direct = ace(generator, "layer2", units, concept, segmenter=ColorSegmenter(),
+                     inputs=index_inputs(inputs, torch.arange(8)))
+        assert metrics[f"gan_monitor/layer2/ace/{concept}/iou_top2_removed"] == pytest.approx(
+            direct.fraction_removed, abs=1e-6)

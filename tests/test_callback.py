@@ -13,7 +13,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from gan_monitor.callbacks.context import PictureOptions
 from gan_monitor.callbacks.dissection_monitor import DissectionMonitor
+from gan_monitor.dissection.thresholds.modes import IQR
 
 LATENT = 8
 N_HELD_OUT = 24
@@ -95,8 +97,11 @@ TinyGAN = make_gan_class(pl.LightningModule)
 
 
 def monitor(**kw):
+    """The tests' monitor; ``top_units``/``top_images``/``log_images`` go into its PictureOptions."""
+    pictures = dict(top_units=3, top_images=2)
+    pictures.update({k: kw.pop(k) for k in ("top_units", "top_images", "log_images") if k in kw})
     args = dict(layers=["layer1", "layer2"], segmenter=ColorSegmenter(), n=N_HELD_OUT, seed=3,
-                batch_size=8, top_units=3, top_images=2, every_n_steps=2)
+                batch_size=8, pictures=PictureOptions(**pictures), every_n_steps=2)
     args.update(kw)
     return DissectionMonitor(args.pop("layers"), args.pop("segmenter"), **args)
 
@@ -167,8 +172,8 @@ def test_tensorboard_events_have_every_tag(tmp_path):
 
 
 def test_logged_result_equals_direct_dissection():
-    from gan_monitor.dissection.pipeline import dissect
     from gan_monitor.core.inputs import make_inputs
+    from gan_monitor.dissection.pipeline import dissect
 
     mon = monitor(every_n_steps=None, every_n_epochs=1, on_train_start=False)
     model = TinyGAN()
@@ -299,7 +304,7 @@ def test_fast_dev_run_and_state_keys():
     assert mon.history == [] and mon.batches_seen >= 1  # batches ran, nothing dissected
     a, b = monitor(), monitor(layers=["layer2"])
     assert a.state_key != b.state_key and a.state_key == monitor().state_key
-    assert monitor(dissect_options={"iqr_n": 8}).state_key != a.state_key
+    assert monitor(threshold=IQR(n=8)).state_key != a.state_key
     t = trainer(callbacks=[a, b], max_epochs=1)
     t.fit(TinyGAN())
     assert len(a.history) == len(b.history) == 2 and list(b.last_result.layers) == ["layer2"]
@@ -349,7 +354,7 @@ def test_pytorch_lightning_flavour():
     from gan_monitor.callbacks.dissection_monitor import DissectionMonitorPL
 
     mon = DissectionMonitorPL(["layer2"], ColorSegmenter(), n=16, seed=0, batch_size=8,
-                              every_n_steps=3, top_units=2, top_images=2)
+                              every_n_steps=3, pictures=PictureOptions(top_units=2, top_images=2))
     assert isinstance(mon, ptl.Callback) and not isinstance(mon, pl.Callback)
     model = make_gan_class(ptl.LightningModule)()
     ptl.Trainer(max_epochs=1, accelerator="cpu", callbacks=[mon], logger=False,
@@ -374,3 +379,4 @@ def test_held_out_sample_rebuilds_from_state_and_detects_changes():
     changed.load_state_dict(first.state_dict())
     with pytest.warns(UserWarning, match="differ"):
         changed.inputs(g, "cpu")
+

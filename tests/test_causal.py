@@ -5,8 +5,12 @@ import pytest
 import torch
 
 import gan_monitor
-from gan_monitor.interventions.causal_units import causal_units
-from intervention_world import DECOY, TREE, CausalGenerator, CausalSegmenter, SegmentOnly
+from gan_monitor.core.inputs import make_inputs
+from gan_monitor.interventions.ace import insertion_values
+from gan_monitor.interventions.causal_units import _candidates, causal_units
+from gan_monitor.interventions.effects import contextual_insertion, trace_effects
+
+from intervention_world import DECOY, DOOR, TREE, CausalGenerator, CausalSegmenter, SegmentOnly
 
 
 @pytest.fixture(scope="module")
@@ -52,10 +56,6 @@ def test_causal_units_bad_inputs(world):
 
 
 def test_contextual_insertion_doors_only_on_buildings(world):
-    from gan_monitor.interventions.causal_units import contextual_insertion
-    from gan_monitor.core.inputs import make_inputs
-    from gan_monitor.interventions.ace import insertion_values
-    from intervention_world import DOOR
     g, s = world
     values = insertion_values(g, "features", s, n=40, seed=9)
     result = contextual_insertion(g, "features", DOOR, "door", segmenter=s, values=values, n=12, seed=1,
@@ -78,8 +78,6 @@ def test_contextual_insertion_doors_only_on_buildings(world):
 
 
 def test_trace_effects_normalised_change_of_later_layers(world):
-    from gan_monitor.interventions.causal_units import trace_effects
-    from gan_monitor.core.inputs import make_inputs
     g, s = world
     changes = trace_effects(g, "features", TREE, n=10, seed=2)
     assert list(changes) == ["render", "upsample"]
@@ -94,9 +92,6 @@ def test_trace_effects_normalised_change_of_later_layers(world):
 
 
 def test_insertion_candidates_tested_per_location_match_brute_force(world):
-    from gan_monitor.interventions.causal_units import _candidates
-    from gan_monitor.core.inputs import make_inputs
-    from gan_monitor.interventions.ace import insertion_values
     g, s = world
     k = insertion_values(g, "features", s, n=40, seed=9)[2]
     z = make_inputs(g, 6, seed=4)
@@ -123,8 +118,6 @@ def test_insertion_candidates_tested_per_location_match_brute_force(world):
 
 
 def test_evaluation_reports_insertion_and_ace(world):
-    from gan_monitor.core.inputs import make_inputs
-    from gan_monitor.interventions.ace import insertion_values
     g, s = world
     iou = torch.full((20,), 0.05)
     iou[TREE] = 1.0
@@ -149,8 +142,6 @@ def test_evaluation_reports_insertion_and_ace(world):
 
 
 def test_trace_effects_maps_and_bad_inputs(world):
-    from gan_monitor.interventions.causal_units import trace_effects
-    from gan_monitor.core.inputs import make_inputs
     g, s = world
     left = torch.zeros(8, 8)
     left[:, :4] = 1
@@ -169,7 +160,6 @@ def test_trace_effects_maps_and_bad_inputs(world):
         trace_effects(g, "features", [1, 20], n=4)
     with pytest.raises(ValueError, match=r"region has shape \(4, 4\).*8x8"):
         trace_effects(g, "features", TREE, mask=torch.ones(4, 4), n=4)
-    from gan_monitor.interventions.causal_units import contextual_insertion
     with pytest.raises(IndexError, match="out of range"):
         contextual_insertion(g, "features", [99], "door", segmenter=s, n=2)
 

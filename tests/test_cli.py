@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from gan_monitor.cli.main import main
 from gan_monitor.cli.demo import format_table
+from gan_monitor.cli.main import main
 
 TINY_GAN = dict(latent_dim=16, image_size=32, g_channels=(32, 16, 8), d_channels=(8, 16, 32),
                 batch_size=8, num_scenes=32)
@@ -43,8 +43,10 @@ def test_bad_demo_arguments_exit_2_with_a_reason(argv, message, capsys):
 
 
 def test_format_table_first_and_last():
+    from gan_monitor.dissection.thresholds.modes import IQR, Quantile
+
     class Settings:
-        n, seed, threshold, quantile, iou, cutoff = 100, 0, "quantile", 0.01, "plain", 0.05
+        n, seed, threshold, iou, cutoff = 100, 0, Quantile(0.01), "plain", 0.05
 
     def entry(step, units, diversity, iou):
         return {"step": step, "layers": {"layer3": {"units": 64, "interpretable_units": units,
@@ -56,7 +58,7 @@ def test_format_table_first_and_last():
     assert "threshold mode: quantile (unit on in its top 1% of pixels)" in text
     assert "first dissection at step 0, last at step 100 (3 dissections)" in text
     assert "No dissection completed" in format_table([], Settings())
-    Settings.threshold, Settings.dissect_options = "iqr", {"iqr_n": 25}
+    Settings.threshold = IQR(n=25)
     assert "iqr (each unit's level" in format_table([], Settings()) and "separate sample of 25" in format_table([], Settings())
 
 

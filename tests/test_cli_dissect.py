@@ -180,3 +180,33 @@ def test_plain_state_dict_with_generator_factory(ckpts, tmp_path):
     assert torch.equal(got.iou, expected.iou.float()) and got.labels == expected.labels
     index = json.loads((out / "timeline.json").read_text())
     assert index["checkpoints"][0]["step"] is None and index["checkpoints"][0]["x"] == 0
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--images", "0"], "--images must be a positive integer, got 0."),
+    (["--batch-size", "-1"], "--batch-size must be a positive integer, got -1."),
+    (["--cutoff", "2"], "--cutoff must lie in [0, 1]"),
+    (["--n", "0"], "--n must be a positive integer, got 0."),
+    (["--devices", "0"], "--devices must be a positive integer, got 0."),
+    (["--timeout", "0"], "--timeout must be a finite number > 0, got 0.0."),
+    (["--layers", ","], "--layers needs at least one layer name"),
+])
+def test_bad_values_name_their_flag_and_exit_2(extra, message, tmp_path, capsys):
+    argv = ["dissect", str(tmp_path / "never_read.ckpt"), "--layers", "layer3", "--out", str(tmp_path / "o")]
+    assert main(argv + extra) == 2
+    err = capsys.readouterr().err
+    assert f"gan-monitor dissect: error: {message}" in err and "usage:" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_threshold_and_iou_choices_come_from_the_library(capsys):
+    from gan_monitor.dissection.options import IOU_VARIANTS
+    from gan_monitor.dissection.thresholds.modes import THRESHOLD_MODES
+
+    with pytest.raises(SystemExit) as info:
+        main(["dissect", "x.ckpt", "--layers", "layer3", "--out", "o", "--iou", "nope"])
+    assert info.value.code == 2
+    assert f"choose from {', '.join(repr(v) for v in IOU_VARIANTS)}" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["dissect", "x.ckpt", "--layers", "layer3", "--out", "o", "--threshold", "nope"])
+    assert f"choose from {', '.join(repr(v) for v in THRESHOLD_MODES)}" in capsys.readouterr().err

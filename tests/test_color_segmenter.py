@@ -3,10 +3,13 @@ from the implementation's prototypes) map to the right basic term, CIELAB agains
 published values, soft probabilities with gradients, and the [-1,1] / [0,1] contract."""
 from __future__ import annotations
 
+import doctest
+
 import pytest
 import torch
 
-from gan_monitor.segmenters.color import COLOR_TERMS, ColorSegmenter, srgb_to_lab
+import gan_monitor.segmenters.color as color
+from gan_monitor.segmenters.color import COLOR_TERMS, PROTOTYPES, ColorSegmenter, srgb_to_lab
 
 # CSS colour keywords whose basic colour term is not in doubt
 REFERENCE = {
@@ -66,7 +69,6 @@ def test_cielab_matches_published_values():
 
 def test_segment_is_the_nearest_prototype():
     """Brute force: each pixel gets the term of its nearest prototype in CIELAB."""
-    from gan_monitor.segmenters.color import PROTOTYPES
 
     seg = ColorSegmenter(value_range=(0, 1))
     x = torch.rand(2, 3, 6, 7, dtype=torch.float64).float()
@@ -123,3 +125,8 @@ def test_output_size_averages_areas():
     labels = ColorSegmenter(value_range=(0, 1), output_size=2).segment(img)
     names = [[ColorSegmenter().concepts[v] for v in row] for row in labels[0].tolist()]
     assert names == [["red", "green"], ["blue", "white"]]
+
+
+def test_docstring_example_runs():
+    result = doctest.testmod(color)
+    assert result.attempted >= 4 and result.failed == 0

@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import csv
 import datetime
 import os
 import socket
@@ -19,13 +20,28 @@ import subprocess
 import sys
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning.pytorch as pl
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.strategies import DDPStrategy
 
+from gan_monitor.callbacks.distributed_dissection import share_unit_fids
+from gan_monitor.cli.main import main
 from gan_monitor.core import distributed
+from gan_monitor.core.distributed import keys_to_values, ordered_keys
+from gan_monitor.core.inputs import make_inputs
 from gan_monitor.dissection.pipeline import dissect
+from gan_monitor.dissection.thresholds.modes import IQR, Quantile
+from gan_monitor.fid.unit_fid import unrealistic_units
+from gan_monitor.report.tensorboard import scalar_metrics
+from gan_monitor.toyworld.gan import ToyGAN
+
+from planted_world import PlantedGenerator, PlantedSegmenter
 from test_callback import N_HELD_OUT, ColorSegmenter, TinyGAN, TinyGenerator, monitor
 
 HERE = Path(__file__).parent
@@ -63,8 +79,6 @@ def test_single_process_communicator_is_the_identity():
 
 
 def test_order_preserving_keys_of_the_exact_quantile_search():
-    from gan_monitor.core.distributed import keys_to_values, ordered_keys
-
     g = torch.Generator().manual_seed(0)
     values = torch.cat([torch.randn(5000, generator=g) * 10 ** torch.randint(-30, 30, (5000,), generator=g),
                         torch.tensor([0.0, -0.0, float("inf"), -float("inf"), 1e-45, -1e-45])])
@@ -77,9 +91,6 @@ def test_order_preserving_keys_of_the_exact_quantile_search():
 
 # ---- dissect() in 2 processes -------------------------------------------------------------
 def _config(threshold: str):
-    sys.path.insert(0, str(HERE))
-    from planted_world import PlantedGenerator, PlantedSegmenter
-
     class FailingSegmenter(PlantedSegmenter):
         def segment(self, images):
             raise RuntimeError("segmenter exploded")
@@ -87,7 +98,8 @@ def _config(threshold: str):
     torch.manual_seed(0)
     generator = PlantedGenerator({"planted": 10, "sky": 2, "noise": 8, "sparse": 3, "dead": 1})
     segmenter = PlantedSegmenter(multilabel=True)
-    kwargs = dict(n=37, seed=5, threshold=threshold, batch_size=8, topk=3, iqr_n=29, iqr_subsample=4096)
+    mode = IQR(n=29, subsample=4096) if threshold == "iqr" else Quantile()
+    kwargs = dict(n=37, seed=5, threshold=mode, batch_size=8, topk=3)
     return generator, segmenter, FailingSegmenter(multilabel=True), kwargs
 
 
@@ -121,7 +133,6 @@ class CountingCommunicator:
 
 def _dissect_worker(rank, world, port, out):
     """Each rank: both threshold modes, then a dissection whose segmenter raises on rank 1."""
-    import torch.distributed as dist
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
@@ -144,17 +155,12 @@ def _dissect_worker(rank, world, port, out):
         # still in step after the failure: one more collective succeeds on both ranks
         assert comm.sum(torch.ones(1, dtype=torch.long)).item() == world
         # the monitor's unrealistic-unit filter: rank 0's per-unit FIDs reach every rank
-        from types import SimpleNamespace
-
-        from gan_monitor.callbacks.ranks import shared_unit_fid_filter
-
         fids = {"a": torch.arange(5.0, dtype=torch.float64), "b": torch.tensor([7.0, 8.0], dtype=torch.float64)}
-        schedule = SimpleNamespace(max_unit_fid=4.0, layers=["a", "b"], fids=fids if rank == 0 else {},
+        schedule = SimpleNamespace(filters_units=True, layers=["a", "b"], fids=fids if rank == 0 else {},
                                    last_step=12 if rank == 0 else None, last_batches=6 if rank == 0 else None)
-        schedule.dissect_filter = lambda: ({"unit_fid": dict(schedule.fids), "max_unit_fid": 4.0}
-                                           if schedule.fids else {})
-        shared = shared_unit_fid_filter(SimpleNamespace(unit_fid=schedule), comm)
-        torch.save({"filter": shared, "state": (schedule.fids, schedule.last_step, schedule.last_batches)},
+        share_unit_fids(schedule, comm)
+        excluded = {name: unrealistic_units(f, 4.0, f.numel(), name) for name, f in schedule.fids.items()}
+        torch.save({"excluded": excluded, "state": (schedule.fids, schedule.last_step, schedule.last_batches)},
                    Path(out) / f"fid{rank}.pt")
         (Path(out) / f"done{rank}").write_text("ok")
     finally:
@@ -163,8 +169,6 @@ def _dissect_worker(rank, world, port, out):
 
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
-    import torch.multiprocessing as mp
-
     out = tmp_path_factory.mktemp("ranks")
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     mp.spawn(_dissect_worker, args=(2, free_port(), str(out)), nprocs=2, join=True)
@@ -219,9 +223,10 @@ def test_a_failing_rank_is_named_and_every_rank_gives_up(two_ranks):
 @slow
 def test_rank_zero_unit_fids_reach_every_rank(two_ranks):
     zero, one = (torch.load(two_ranks / f"fid{r}.pt", weights_only=False) for r in range(2))
-    assert one["filter"]["max_unit_fid"] == 4.0 and one["filter"].keys() == zero["filter"].keys()
+    assert one["excluded"].keys() == zero["excluded"].keys() == {"a", "b"}
     for name, expected in {"a": torch.arange(5.0), "b": torch.tensor([7.0, 8.0])}.items():
-        assert torch.equal(one["filter"]["unit_fid"][name], expected.double())
+        assert torch.equal(one["excluded"][name], expected > 4.0)  # the same filter as rank 0's
+        assert torch.equal(one["excluded"][name], zero["excluded"][name])
         assert torch.equal(one["state"][0][name], expected.double())
     assert one["state"][1:] == (12, 6)
 
@@ -238,8 +243,6 @@ class RankOneFailsOnce:
         self.calls = 0
 
     def segment(self, images):
-        import torch.distributed as dist
-
         self.calls += 1
         if dist.is_initialized() and dist.get_rank() == 1 and self.calls == 3:
             raise RuntimeError("segmenter exploded on purpose")
@@ -272,8 +275,6 @@ class DDPTinyGAN(TinyGAN):
 
 def train_ddp(out: str) -> None:
     """Run by test_monitor_under_ddp_spawn in a subprocess (bounded by a timeout)."""
-    from lightning.pytorch.loggers import CSVLogger
-    from lightning.pytorch.strategies import DDPStrategy
 
     torch.set_num_threads(1)
     mon = monitor(segmenter=RankOneFailsOnce(), every_n_steps=2, log_images=False)
@@ -289,11 +290,6 @@ def train_ddp(out: str) -> None:
 
 @slow
 def test_monitor_under_ddp_spawn(tmp_path):
-    import csv
-
-    from gan_monitor.core.inputs import make_inputs
-    from gan_monitor.report.tensorboard import scalar_metrics
-
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", PYTHONPATH=os.pathsep.join(
         [str(HERE), str(HERE.parent), os.environ.get("PYTHONPATH", "")]))
     code = f"import test_ddp; test_ddp.train_ddp({str(tmp_path)!r})"
@@ -330,11 +326,6 @@ def test_monitor_under_ddp_spawn(tmp_path):
 # ---- gan-monitor dissect --devices 2 ------------------------------------------------------------
 @slow
 def test_cli_devices_2_writes_what_devices_1_writes(tmp_path):
-    import lightning.pytorch as pl
-
-    from gan_monitor.cli.main import main
-    from gan_monitor.toyworld.gan import ToyGAN
-
     pl.seed_everything(0, verbose=False)
     model = ToyGAN(latent_dim=16, image_size=32, g_channels=(32, 16, 8), d_channels=(8, 16, 32), batch_size=8,
                    num_scenes=32)

@@ -9,8 +9,10 @@ import torch
 from torch import nn
 
 from gan_monitor import dissect
-from gan_monitor.dissection.upsample import upsample
 from gan_monitor.dissection.results import DissectionResult
+from gan_monitor.dissection.thresholds.modes import IQR, Quantile
+from gan_monitor.dissection.upsample import upsample
+
 from planted_world import CATEGORIES, CONCEPTS, PlantedGenerator, PlantedSegmenter
 
 torch.set_num_threads(1)
@@ -57,7 +59,7 @@ def brute_force(generator, segmenter, z, quantile, variant):
 def test_iou_matches_brute_force_exactly(multilabel, variant):
     g, s = PlantedGenerator(SMALL), PlantedSegmenter(multilabel)
     z = latents(g, 40)
-    result = dissect(g, "features", s, inputs=z, iou=variant, quantile=0.02, batch_size=16)
+    result = dissect(g, "features", s, inputs=z, iou=variant, threshold=Quantile(0.02), batch_size=16)
     ld = result["features"]
     thresholds, iou, feats = brute_force(g, s, z, 0.02, variant)
     assert torch.equal(ld.thresholds, thresholds)
@@ -71,11 +73,11 @@ def test_iou_matches_brute_force_exactly(multilabel, variant):
     assert ld.settings["iou"] == variant and ld.settings["n"] == 40
 
 
-@pytest.mark.parametrize("threshold", ["quantile", "iqr"])
+@pytest.mark.parametrize("threshold", [Quantile(), IQR(n=50)])
 def test_results_do_not_depend_on_batch_size(threshold):
     g, s = PlantedGenerator(SMALL), PlantedSegmenter(True)
-    sizes = (1, 7, 64) if threshold == "quantile" else (7, 64)
-    results = [dissect(g, ["features"], s, n=70, seed=5, threshold=threshold, batch_size=b, iqr_n=50).to_dict()
+    sizes = (1, 7, 64) if threshold == Quantile() else (7, 64)
+    results = [dissect(g, ["features"], s, n=70, seed=5, threshold=threshold, batch_size=b).to_dict()
                for b in sizes]
     for other in results[1:]:
         assert other == results[0]
@@ -111,7 +113,7 @@ def test_eval_mode_restored_and_global_rng_untouched():
     seen = []
     g.features.register_forward_hook(lambda m, i, o: seen.append(m.training))
     state = torch.get_rng_state()
-    dissect(g, "features", s, n=20, threshold="iqr", iqr_n=20)
+    dissect(g, "features", s, n=20, threshold=IQR(n=20))
     assert torch.equal(torch.get_rng_state(), state)
     assert seen and not any(seen)  # ran in eval mode
     assert {name: m.training for name, m in g.named_modules()} == flags
@@ -182,8 +184,8 @@ def test_bad_layers_and_activations_get_clear_errors():
         dissect(nan, "features", s, n=4)
     with pytest.raises(ValueError, match="threshold"):
         dissect(g, "features", s, n=4, threshold="median")
-    with pytest.raises(ValueError, match="quantile"):
-        dissect(g, "features", s, n=4, quantile=1.5)
+    with pytest.raises(ValueError, match=r"Quantile\(q\) must lie in \(0, 1\)"):
+        dissect(g, "features", s, n=4, threshold=Quantile(1.5))
     with pytest.raises(TypeError, match="not a segmenter"):
         dissect(g, "features", object(), n=4)
     with pytest.raises(ValueError, match="input_fn"):

@@ -1,18 +1,31 @@
 """Per-unit FID and artifact units (gan_monitor.fid.unit_fid, gan_monitor.fid.features,
-gan_monitor.report.fid_tensorboard): agreement with torchmetrics' FrechetInceptionDistance,
+gan_monitor.report.tensorboard): agreement with torchmetrics' FrechetInceptionDistance,
 top-k selection against a brute-force sort, a planted artifact unit, the toy GAN
 at a checkpoint, bad inputs."""
 from __future__ import annotations
 
+import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
+from torch.utils.tensorboard import SummaryWriter
 
 from gan_monitor import artifact_ablation, dissect, per_unit_fid
-from gan_monitor.fid.features import (InceptionFeatures, ModuleFeatures, RealStats, ToySceneFeatures,
-                                  extract_features, toy_real_stats)
-from gan_monitor.fid.unit_fid import covariance_factor, per_unit_fid_layers, unit_frechet_distances
+from gan_monitor.fid.features import (
+    InceptionFeatures,
+    ModuleFeatures,
+    RealStats,
+    ToySceneFeatures,
+    extract_features,
+    toy_real_stats,
+)
+from gan_monitor.fid.unit_fid import covariance_factor, per_unit_fid_layers, unit_frechet_distances, unrealistic_units
+from gan_monitor.report.tensorboard import write_artifact_ablation, write_unit_fid
+from gan_monitor.toyworld.gan import ToyGAN, load_toygan
+from gan_monitor.toyworld.scenes import render_scenes
+
 from planted_world import PlantedGenerator, PlantedSegmenter
 
 torch.set_num_threads(1)
@@ -164,8 +177,6 @@ def toy32():
 
 
 def test_planted_artifact_unit_ranks_first_and_its_ablation_repairs(toy32):
-    from gan_monitor.toyworld.scenes import render_scenes
-
     extractor, stats = toy32
     g = ArtifactGenerator(render_scenes(120, seed=4, size=32)[0])
     res = per_unit_fid(g, "units", pool=240, k=30, real_stats=stats, extractor=extractor, seed=1)
@@ -186,13 +197,6 @@ def test_planted_artifact_unit_ranks_first_and_its_ablation_repairs(toy32):
 # ------------------------------------------------------ toy GAN at a checkpoint
 
 def test_toygan_checkpoint_evaluation_logs_three_scalars(tmp_path, toy32):
-    import lightning.pytorch as pl
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    from torch.utils.tensorboard import SummaryWriter
-
-    from gan_monitor.report.fid_tensorboard import write_artifact_ablation, write_unit_fid
-    from gan_monitor.toyworld.gan import ToyGAN, load_toygan
-
     extractor, stats = toy32
     pl.seed_everything(0, verbose=False)
     model = ToyGAN(latent_dim=16, image_size=32, g_channels=(32, 16, 8), d_channels=(8, 16, 32),
@@ -310,16 +314,18 @@ def test_dissection_leaves_unrealistic_units_out_of_labelling():
     plain = dissect(g, "features", seg, n=120, seed=1, batch_size=60)["features"]
     fids = torch.zeros(16, dtype=torch.float64)
     fids[[0, 1, 12]] = 50.0
+    unrealistic = unrealistic_units(fids, 10.0, 16)
+    assert unrealistic.tolist() == [u in (0, 1, 12) for u in range(16)]
     filtered = dissect(g, "features", seg, n=120, seed=1, batch_size=60,
-                       unit_fid={"features": fids}, max_unit_fid=10.0)["features"]
+                       exclude_units={"features": unrealistic})["features"]
     assert bool(plain.interpretable[0]) and bool(plain.interpretable[1])
     expected = plain.interpretable.clone()
     expected[[0, 1, 12]] = False
     assert torch.equal(filtered.interpretable, expected)
     assert torch.equal(filtered.unit_iou, plain.unit_iou)
-    assert filtered.extras["unrealistic"][:3] == [True, True, False]
-    assert filtered.settings["max_unit_fid"] == 10.0
-    with pytest.raises(ValueError, match="needs both"):
-        dissect(g, "features", seg, n=20, unit_fid={"features": fids})
+    assert filtered.extras["excluded"][:3] == [True, True, False]
+    assert filtered.settings["excluded_units"] == 3
+    with pytest.raises(TypeError, match="exclude_units"):  # the keywords of release 0.1 say how to migrate
+        dissect(g, "features", seg, n=20, unit_fid={"features": fids}, max_unit_fid=10.0)
     with pytest.raises(ValueError, match="16 units but 3"):
-        dissect(g, "features", seg, n=20, unit_fid={"features": [1.0, 2.0, 3.0]}, max_unit_fid=1.0)
+        unrealistic_units([1.0, 2.0, 3.0], 1.0, 16, "features")

@@ -12,10 +12,12 @@ import torch
 from PIL import Image
 from torch import nn
 
+from gan_monitor.callbacks.context import PictureOptions
 from gan_monitor.callbacks.dissection_monitor import DissectionMonitor
+from gan_monitor.callbacks.unit_fid import UnitFIDOptions
+from gan_monitor.core.inputs import make_inputs
 from gan_monitor.fid.features import ModuleFeatures, RealStats
 from gan_monitor.fid.unit_fid import artifact_ablation, per_unit_fid_layers
-from gan_monitor.core.inputs import make_inputs
 from gan_monitor.toyworld.gan import ToyGAN
 
 torch.set_num_threads(1)
@@ -56,10 +58,15 @@ class RaisingExtractor:
         raise RuntimeError("extractor exploded")
 
 
-def monitor(stats, **kw):
-    args = dict(n=N, seed=SEED, batch_size=20, top_units=2, top_images=2, every_n_steps=None, every_n_epochs=1,
-                on_train_start=False, fid_real_stats=stats, fid_extractor=pooled_extractor(), fid_k=K,
-                fid_every_n_steps=2)
+def fid_options(stats, **kw):
+    return UnitFIDOptions(**{"real_stats": stats, "extractor": pooled_extractor(), "k": K, "every_n_steps": 2, **kw})
+
+
+def monitor(stats, fid=None, **kw):
+    """The tests' monitor; ``fid``: changes to the UnitFIDOptions (per-unit FID every 2nd batch)."""
+    args = dict(n=N, seed=SEED, batch_size=20, pictures=PictureOptions(top_units=2, top_images=2),
+                every_n_steps=None, every_n_epochs=1, on_train_start=False,
+                unit_fid=fid_options(stats, **(fid or {})))
     args.update(kw)
     return DissectionMonitor(args.pop("layers", LAYERS), ColorSegmenter(), **args)
 
@@ -88,7 +95,7 @@ def test_toygan_logs_unit_fid_and_ablation_at_checkpoints(tmp_path, real_stats):
 
     logger = TensorBoardLogger(str(tmp_path), name="tb", version=0)
     csv_logger = CSVLogger(str(tmp_path), name="csv", version=0)
-    mon = monitor(real_stats, artifact_ablation_on_save=True, artifact_units=3, artifact_random_draws=2)
+    mon = monitor(real_stats, fid=dict(artifact_ablation_on_save=True, artifact_units=3, random_draws=2))
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1)
     with pytest.warns(UserWarning, match="CSVLogger cannot show images"):
         model = fit([mon, ckpt], tmp_path, logger=[logger, csv_logger], checkpoint=True)  # 2 epochs x 3 batches
@@ -157,8 +164,8 @@ def test_toygan_logs_unit_fid_and_ablation_at_checkpoints(tmp_path, real_stats):
 
 
 def test_epoch_schedule_and_unrealistic_unit_filter(real_stats):
-    mon = monitor(real_stats, every_n_steps=2, fid_every_n_steps=None, fid_every_n_epochs=1,
-                  fid_layers=LAYERS + ["layer1"], max_unit_fid=1e-9)
+    mon = monitor(real_stats, every_n_steps=2, fid=dict(every_n_steps=None, every_n_epochs=1,
+                                                        layers=LAYERS + ["layer1"], max_unit_fid=1e-9))
     fit([mon])
     assert mon.unit_fid.steps == [3, 6] and mon.unit_fid.layers == LAYERS + ["layer1"]
     # dissections at batches 2, 4, 6: before the first FIDs no filter; after, every unit's FID > 1e-9
@@ -175,8 +182,8 @@ def test_training_bit_identical_with_fid_and_one_ablation_per_save_step(tmp_path
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     def run(with_monitor):
-        mon = monitor(real_stats, fid_every_n_steps=1, artifact_ablation_on_save=True, artifact_units=2,
-                      artifact_random_draws=1)
+        mon = monitor(real_stats, fid=dict(every_n_steps=1, artifact_ablation_on_save=True, artifact_units=2,
+                                           random_draws=1))
         ckpt = ModelCheckpoint(dirpath=tmp_path / str(with_monitor), save_top_k=-1, every_n_epochs=1, save_last=True)
         model = fit([mon, ckpt] if with_monitor else [ckpt], tmp_path, checkpoint=True)
         return mon, {k: v.clone() for k, v in model.generator.state_dict().items()}
@@ -189,49 +196,142 @@ def test_training_bit_identical_with_fid_and_one_ablation_per_save_step(tmp_path
 
 
 def test_failing_extractor_warns_once_and_strict_raises(real_stats):
-    mon = monitor(real_stats, fid_extractor=RaisingExtractor())
+    mon = monitor(real_stats, fid=dict(extractor=RaisingExtractor()))
     with pytest.warns(UserWarning, match="extractor exploded") as record:
         fit([mon])
     assert sum("per-unit FID at step" in str(w.message) for w in record) == 1
     assert mon.unit_fid.failures == 3 and mon.unit_fid.fids == {} and mon.unit_fid.steps == []
     assert mon.failures == 0 and [h["step"] for h in mon.history] == [3, 6]  # dissections still ran
     with pytest.raises(RuntimeError, match="extractor exploded"):
-        fit([monitor(real_stats, fid_extractor=RaisingExtractor(), strict=True)])
+        fit([monitor(real_stats, fid=dict(extractor=RaisingExtractor()), strict=True)])
 
 
 def test_unusable_real_stats_fail_in_setup(real_stats):
     other = RealStats(real_stats.mean, real_stats.cov, real_stats.count, "another-extractor")
     with pytest.raises(ValueError, match="another-extractor"):
         fit([monitor(other)])
-    with pytest.raises(ValueError, match="fid_layers 'layer9'"):
-        fit([monitor(real_stats, fid_layers=["layer9"])])
+    with pytest.raises(ValueError, match=r"UnitFIDOptions\(layers\) 'layer9'"):
+        fit([monitor(real_stats, fid=dict(layers=["layer9"]))])
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(real_stats="stats.pt"), r"UnitFIDOptions\(real_stats\) must be a .*RealStats"),
+    (dict(every_n_steps=None), "not scheduled"),
+    (dict(every_n_steps=0), r"UnitFIDOptions\(every_n_steps\) must be a positive integer"),
+    (dict(every_n_epochs=-1), r"UnitFIDOptions\(every_n_epochs\) must be a positive integer"),
+    (dict(k=1), r"UnitFIDOptions\(k\) \(top images per unit\) must be an integer >= 2"),
+    (dict(layers=[]), r"UnitFIDOptions\(layers\) must be a non-empty list"),
+    (dict(layers=["layer2", "layer2"]), r"UnitFIDOptions\(layers\) must be a non-empty list of distinct"),
+    (dict(artifact_units=0), r"UnitFIDOptions\(artifact_units\) must be a positive integer"),
+    (dict(random_draws=0), r"UnitFIDOptions\(random_draws\) must be a positive integer"),
+    (dict(max_unit_fid=-1.0), r"UnitFIDOptions\(max_unit_fid\) must be a finite number > 0"),
+    (dict(artifact_ablation_on_save="yes"), r"UnitFIDOptions\(artifact_ablation_on_save\) must be True or False"),
+    (dict(extractor=42), "extractor must be None"),
+])
+def test_unit_fid_options_reject_bad_values_naming_the_field(real_stats, kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        fid_options(real_stats, **kwargs)
+
+
+@pytest.mark.parametrize("fid, match", [
+    (dict(k=N + 1), "held-out"),
+    (dict(max_unit_fid=5.0, layers=["layer2"]), "lacks"),
+])
+def test_unit_fid_options_checked_against_the_monitor(real_stats, fid, match):
+    with pytest.raises(ValueError, match=match):
+        monitor(real_stats, fid=fid)
+
+
+def legacy_monitor(**kw):
+    args = dict(n=N, seed=SEED, batch_size=20, top_units=2, top_images=2, every_n_steps=None, every_n_epochs=1,
+                on_train_start=False, fid_extractor=pooled_extractor(), fid_k=K, fid_every_n_steps=2)
+    args.update(kw)
+    return DissectionMonitor(LAYERS, ColorSegmenter(), **args)
 
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(fid_real_stats=None, artifact_ablation_on_save=True), "artifact_ablation_on_save need"),
     (dict(fid_real_stats=None, max_unit_fid=5.0), "max_unit_fid need"),
     (dict(fid_real_stats=None, fid_every_n_steps=3), "fid_every_n_steps need"),
-    (dict(fid_real_stats="stats.pt"), "RealStats"),
-    (dict(fid_every_n_steps=None), "not scheduled"),
-    (dict(fid_every_n_steps=0), "fid_every_n_steps"),
-    (dict(fid_k=1), "fid_k"),
-    (dict(fid_k=N + 1), "held-out"),
-    (dict(fid_layers=[]), "fid_layers"),
-    (dict(artifact_units=0), "artifact_units"),
-    (dict(artifact_random_draws=0), "artifact_random_draws"),
-    (dict(max_unit_fid=-1.0), "max_unit_fid"),
-    (dict(max_unit_fid=5.0, fid_layers=["layer2"]), "lacks"),
+    (dict(fid_k=1), r"UnitFIDOptions\(k\)"),
     (dict(max_unit_fid=5.0, dissect_options={"max_unit_fid": 3.0, "unit_fid": {}}), "one or the other"),
-    (dict(fid_extractor=42), "extractor"),
 ])
-def test_bad_fid_arguments_are_rejected_in_init(real_stats, kwargs, match):
+def test_bad_legacy_fid_keywords_are_rejected_in_init(real_stats, kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
-        monitor(real_stats, **kwargs)
+        legacy_monitor(**{"fid_real_stats": real_stats, **kwargs})
 
 
+def test_legacy_fid_keywords_warn_and_give_the_same_options(real_stats):
+    extractor = pooled_extractor()
+    with pytest.warns(FutureWarning, match=r"unit_fid=UnitFIDOptions\(real_stats=<RealStats>, extractor=<ModuleFeatures>, "
+                                           r"k=10, every_n_steps=2, max_unit_fid=5.0, artifact_units=3, "
+                                           r"random_draws=2\)"):
+        legacy = legacy_monitor(fid_real_stats=real_stats, fid_extractor=extractor, max_unit_fid=5.0,
+                                artifact_units=3, artifact_random_draws=2)
+    new = monitor(real_stats, fid=dict(extractor=extractor, max_unit_fid=5.0, artifact_units=3, random_draws=2))
+    assert legacy.unit_fid.options == new.unit_fid.options and legacy.pictures == new.pictures
+    with pytest.raises(ValueError, match="use unit_fid= only"):
+        monitor(real_stats, fid_k=3)
+
+
+def test_schedule_runs_with_a_context_and_no_monitor(real_stats):
+    """UnitFIDSchedule sees only a MonitorContext: here one built from a generator and a held-out
+    sample, with a stand-in trainer (its loggers) and module; no DissectionMonitor exists."""
+    from types import SimpleNamespace
+
+    from gan_monitor.callbacks.context import MonitorContext
+    from gan_monitor.callbacks.unit_fid import UnitFIDSchedule
+    from gan_monitor.core.held_out import HeldOutSample
+    from gan_monitor.dissection.pipeline import dissect
+
+    class RecordingLogger:
+        def __init__(self):
+            self.logged = []
+
+        def log_metrics(self, metrics, step):
+            self.logged.append((step, dict(metrics)))
+
+        def save(self):
+            pass
+
+    pl.seed_everything(0, verbose=False)
+    generator = ToyGAN(**TINY).generator
+    module = SimpleNamespace(g=generator, device=torch.device("cpu"))
+    inputs = make_inputs(generator, N, SEED)
+    direct = per_unit_fid_layers(generator, LAYERS, k=K, real_stats=real_stats, extractor=pooled_extractor(),
+                                 inputs=inputs, batch_size=7)
+    max_fid = float(direct["layer2"].fid.median())  # about half of layer2's units are "unrealistic"
+    batches = [4]
+    context = MonitorContext(layers=tuple(LAYERS), segmenter=ColorSegmenter(), sample=HeldOutSample(N, SEED),
+                             resolve_generator=lambda m: m.g, batches_seen=lambda: batches[0], batch_size=20)
+    schedule = UnitFIDSchedule(fid_options(real_stats, every_n_steps=4, max_unit_fid=max_fid), context)
+    schedule.setup(module)
+    logger = RecordingLogger()
+    trainer = SimpleNamespace(loggers=[logger], current_epoch=0)  # no fit loop: the step is batches_seen
+    assert schedule.exclude_units() is None  # no FIDs yet: nothing left out
+    schedule.after_batch(trainer, module)
+    batches[0] = 5
+    schedule.after_batch(trainer, module)  # not a multiple of every_n_steps
+    (step, metrics), = logger.logged
+    assert step == 4 and schedule.steps == [4] and schedule.last_batches == 4
+    for layer in LAYERS:
+        fid = direct[layer].fid
+        torch.testing.assert_close(schedule.fids[layer], fid, rtol=1e-9, atol=1e-9)
+        assert math.isclose(metrics[f"gan_monitor/{layer}/fid_max"], float(fid.max()), rel_tol=1e-9)
+        assert torch.equal(schedule.exclude_units()[layer], fid > max_fid)
+    assert 0 < int(schedule.exclude_units()["layer2"].sum()) < 16
+    # the monitor's dissections leave those units out and record what was used
+    result = dissect(generator, LAYERS, ColorSegmenter(), inputs=inputs, batch_size=20,
+                     exclude_units=schedule.exclude_units())
+    schedule.annotate(result)
+    for layer in LAYERS:
+        ld, unrealistic = result[layer], direct[layer].fid > max_fid
+        assert ld.extras["unrealistic"] == unrealistic.tolist() and ld.settings["max_unit_fid"] == max_fid
+        assert ld.extras["unit_fid"] == direct[layer].fid.tolist()
+        assert not (ld.interpretable & unrealistic).any()
 def test_feature_off_by_default_adds_no_work():
     mon = DissectionMonitor(LAYERS, ColorSegmenter(), n=8, every_n_steps=None, every_n_epochs=1,
-                            on_train_start=False, batch_size=8)
+                            on_train_start=False, batch_size=8)  # unit_fid=None: off
     assert not mon.unit_fid.enabled and mon.unit_fid.extractor is None
-    assert mon.unit_fid.dissect_filter() == {}
-    assert "fid_k" in type(mon).__doc__ and "fixed for the whole run" in type(mon).__doc__
+    assert mon.unit_fid.exclude_units() is None
+    assert "UnitFIDOptions" in type(mon).__doc__ and "fixed for the whole run" in type(mon).__doc__

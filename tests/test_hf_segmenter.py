@@ -8,12 +8,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from PIL import Image
 
 pytest.importorskip("transformers")
 
-from tiny_hf_models import ade_id2label, make_segformer, make_upernet  # noqa: E402
-
 from gan_monitor.segmenters.huggingface import HFSegmenter  # noqa: E402
+
+from tiny_hf_models import ade_id2label, make_segformer, make_upernet  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +71,6 @@ def test_background_class_duplicates_and_user_categories(folders, upernet):
 
 
 def test_preprocessing_equals_the_image_processor(folders, segformer, upernet):
-    from PIL import Image
     from transformers import AutoImageProcessor
 
     for folder, seg, (h, w) in [("segformer", segformer, (64, 64)), ("segformer", segformer, (37, 50)),

@@ -7,8 +7,8 @@ import torch
 import gan_monitor
 from gan_monitor.core.inputs import make_inputs
 from gan_monitor.interventions.ace import ace, insertion_values, single_unit_effects
-from intervention_world import (BUILDING, BUILDING_DECOY, DECOY, DOOR, NOISE, TREE, CausalGenerator,
-                                CausalSegmenter)
+
+from intervention_world import BUILDING, BUILDING_DECOY, DECOY, DOOR, NOISE, TREE, CausalGenerator, CausalSegmenter
 
 
 @pytest.fixture(scope="module")

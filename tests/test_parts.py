@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gan_monitor.segmenters.parts import PartSegmenter, connected_components
 from gan_monitor.segmenters.base import validate_segmentation
+from gan_monitor.segmenters.parts import PartSegmenter, connected_components
 
 SKY, TREE, BUILDING = 1, 2, 3
 

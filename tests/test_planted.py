@@ -11,6 +11,8 @@ import pytest
 import torch
 
 from gan_monitor import dissect
+from gan_monitor.dissection.thresholds.modes import IQR
+
 from planted_world import PlantedGenerator, PlantedSegmenter
 
 torch.set_num_threads(1)
@@ -39,7 +41,7 @@ def rates(generator, ld):
 def test_planted_units_are_recovered(threshold, noise):
     g = PlantedGenerator(noise=noise)
     result = dissect(g, "features", PlantedSegmenter(multilabel=True), n=300, seed=1,
-                     threshold=threshold, batch_size=100, iqr_n=300)
+                     threshold=IQR(n=300) if threshold == "iqr" else threshold, batch_size=100)
     r = rates(g, result["features"])
     print(threshold, noise, r)
     assert r["planted"] >= 0.95
@@ -47,5 +49,5 @@ def test_planted_units_are_recovered(threshold, noise):
     assert r["decoys_flagged"] == 0
     if threshold == "iqr":  # adapts the level: large concepts are found
         assert r["sky"] == 1.0
-    else:  # top 1 % of pixels cannot reach IoU 0.05 with a 40 % concept (METHOD.md 1.2)
+    else:  # top 1 % of pixels cannot reach IoU 0.05 with a 40 % concept (docs/method.md §3)
         assert r["sky"] == 0.0

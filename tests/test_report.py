@@ -129,3 +129,153 @@ def test_demo_reports_its_last_checkpoint(tmp_path, capsys):
     p = _parse(Path(page))
     ld = DissectionResult.from_json(Path(page).parent / "last" / "dissection.json")["layer3"]
     assert len(p.cards) == ld.num_units == TINY_GAN["g_channels"][2]
+
+
+# ---- the output folder (gan_monitor.report.store) ------------------------------------------------
+def test_store_round_trip(timeline, tmp_path):  # noqa: F811
+    from gan_monitor.report.store import (
+        OutputFolder,
+        read_dissection_file,
+        summary_rows,
+    )
+
+    source = OutputFolder(timeline).read_entries()
+    store = OutputFolder(tmp_path / "copy")
+    written = []
+    for old in source:
+        entry = store.new_entry(f"runs/{old.name}.ckpt", step=old.step, x=old.x)
+        store.write_dissection(entry, old.result)
+        store.unit_picture_path(entry, "layer3", 0).write_bytes(b"png")
+        written.append(entry)
+    twin = store.new_entry("other/late.ckpt", step=None, x=9)
+    assert twin.name == "late_2" and twin.json == "late_2/dissection.json"  # unique folder names
+    settings = {"n": 32, "seed": 3, "threshold": "quantile", "iou": "plain", "cutoff": 0.05}
+    store.write_timeline(["layer2", "layer3"], written, settings)
+    rows = [row for e in written for row in summary_rows(e.result, e.name, e.step)]
+    table = store.write_summary(rows)
+
+    index = json.loads((store.root / "timeline.json").read_text())
+    assert index["layers"] == ["layer2", "layer3"] and index["settings"] == settings
+    assert list(index["checkpoints"][0]) == ["name", "checkpoint", "step", "x", "json", "unit_pictures"]
+    back = OutputFolder(store.root).read_entries()
+    assert [e.to_dict() for e in back] == [e.to_dict() for e in written]
+    assert all(a.result.to_dict() == b.result.to_dict() for a, b in zip(back, written))
+    assert back[0].unit_pictures == {"layer3": "early/units/layer3"}
+    assert OutputFolder(store.root).unit_picture(back[0], "layer3", 0) == "early/units/layer3/unit_0.png"
+    assert OutputFolder(store.root).unit_picture(back[0], "layer3", 1) is None
+    assert OutputFolder(store.root).read_summary() == [{k: str(v) for k, v in row.items()} for row in rows]
+    assert (store.root / "summary.csv").read_text() == table
+    single = read_dissection_file(store.root / "late" / "dissection.json")
+    assert single.name == "late" and single.step is None and single.result.to_dict() == back[1].result.to_dict()
+    assert not list(store.root.rglob("*.tmp"))
+
+
+def test_atomic_write_leaves_no_partial_file(tmp_path):
+    from gan_monitor.report.store import (
+        OutputFolder,
+        atomic_write,
+        save_image,
+        write_text,
+    )
+
+    target = write_text(tmp_path / "timeline.json", '{"old": true}')
+    with pytest.raises(RuntimeError, match="midway"):
+        with atomic_write(target) as f:
+            f.write('{"new": ')
+            raise RuntimeError("stopped midway")
+    assert target.read_text() == '{"old": true}'
+
+    class FailingImage:  # writes half a PNG, then fails (e.g. disk full)
+        def save(self, f, format):
+            f.write(b"\x89PNG\r\n\x1a\n half")
+            raise OSError("no space left on device")
+
+    with pytest.raises(OSError, match="no space"):
+        save_image(tmp_path / "unit_0.png", FailingImage())
+    store = OutputFolder(tmp_path)
+    entry = store.new_entry("a.ckpt", step=1, x=1)
+    with pytest.raises(TypeError):  # a value JSON cannot hold: nothing written
+        store.write_timeline(["layer3"], [entry], {"bad": object()})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["timeline.json"]
+    assert target.read_text() == '{"old": true}'
+
+
+def test_compare_and_report_read_the_rows_dissect_wrote(timeline, tmp_path, capsys):  # noqa: F811
+    import re
+
+    from gan_monitor.cli.compare import compare_rows
+    from gan_monitor.report.store import OutputFolder
+
+    written = OutputFolder(timeline).read_summary()  # summary.csv, as `gan-monitor dissect` wrote it
+    assert [(r["checkpoint"], r["layer"]) for r in written] == [(c, layer) for c in ("early", "late")
+                                                                 for layer in ("layer2", "layer3")]
+    compared = compare_rows([timeline])
+    assert [{k: str(v) for k, v in row.items() if k != "input"} for row in compared] == written
+    folder = tmp_path / "copy"
+    shutil.copytree(timeline, folder)
+    assert main(["report", str(folder)]) == 0
+    html = (folder / "index.html").read_text()
+    for row in (r for r in written if r["checkpoint"] == "late"):  # the page shows the last checkpoint
+        section = html.split(f'id="layer-{row["layer"]}"')[1].split("</table>")[0]
+        header = re.findall(r"<th>(.*?)</th>", section)
+        cells = dict(zip(header, re.findall(r"<td>(.*?)</td>", section)))
+        assert cells["units"] == row["units"] and cells["interpretable"] == row["interpretable_units"]
+        assert cells["concepts"] == row["concept_diversity"]
+        assert float(cells["mean IoU"]) == float(row["mean_iou"])
+        categories = [k[len("units_"):] for k in row if k.startswith("units_")]
+        assert header[4:] == categories and all(cells[c] == row[f"units_{c}"] for c in categories)
+
+
+# ---- TensorBoard: per-unit FID and artifact ablation (gan_monitor.report.tensorboard) --------------
+def _tiny_generator():
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 3 * 4 * 4), nn.Unflatten(1, (3, 4, 4)), nn.Conv2d(3, 6, 1),
+                         nn.Upsample(scale_factor=2), nn.Conv2d(6, 3, 1), nn.Tanh())
+
+
+def test_unit_fid_and_ablation_reach_every_logger(tmp_path):
+    import csv
+
+    import torch
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from gan_monitor.fid.unit_fid import ArtifactAblation, UnitFID
+    from gan_monitor.report.tensorboard import (
+        as_loggers,
+        write_artifact_ablation,
+        write_unit_fid,
+    )
+
+    inputs = torch.randn(10, 4, generator=torch.Generator().manual_seed(1))
+    fid = torch.tensor([5.0, 40.0, 12.0, 3.0, 25.0, 8.0], dtype=torch.float64)
+    result = UnitFID(layer="2", fid=fid, topk=torch.arange(18).view(6, 3) % 10, topk_values=torch.zeros(6, 3),
+                     pool=10, k=3, extractor="pixels", real_count=50, seed=0, pool_fid=9.0, inputs=inputs)
+    ablation = ArtifactAblation(layer="2", units=[1, 4], before=9.0, ablated=7.5, random=[8.5, 9.5],
+                                random_units=[[0, 3], [2, 5]], n=10, extractor="pixels", real_count=50)
+    tb = TensorBoardLogger(str(tmp_path), name="tb", version=0)
+    table = CSVLogger(str(tmp_path), name="csv", version=0)
+    write_unit_fid([tb, table], {"2": result}, 3, generator=_tiny_generator(), n_units=2, n_images=2)
+    write_artifact_ablation([tb, table], ablation, 4)
+    write_unit_fid([tb, table], result, 5, log_images=False)
+    tb.experiment.flush()
+    events = EventAccumulator(tb.log_dir, size_guidance={k: 0 for k in ("images", "scalars", "histograms",
+                                                                         "tensors")}).Reload()
+    assert [(e.step, e.value) for e in events.Scalars("gan_monitor/2/fid_max")] == [(3, 40.0), (5, 40.0)]
+    assert [e.value for e in events.Scalars("gan_monitor/2/fid_median")] == [8.0, 8.0]  # torch: the lower middle
+    assert [(e.step, e.value) for e in events.Scalars("gan_monitor/2/fid_random_ablated")] == [(4, 9.0)]
+    assert [h.step for h in events.Histograms("gan_monitor/2/unit_fid")] == [3]  # log_images=False: scalars only
+    (image,) = events.Images("gan_monitor/2/artifact_units")
+    assert image.step == 3 and image.height > 2 * 8  # two unit rows of 8x8 pictures
+    (text,) = events.Tensors("gan_monitor/2/artifact_ablation/text_summary")
+    assert "2 artifact units ablated | 7.50" in text.tensor_proto.string_val[0].decode()
+    table.save()
+    with open(tmp_path / "csv" / "version_0" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [float(r["gan_monitor/2/fid_max"]) for r in rows if r.get("gan_monitor/2/fid_max")] == [40.0, 40.0]
+    assert [float(r["gan_monitor/2/fid_before"]) for r in rows if r.get("gan_monitor/2/fid_before")] == [9.0]
+    with pytest.raises(TypeError, match="Lightning loggers or a SummaryWriter"):
+        as_loggers(["not a logger"])

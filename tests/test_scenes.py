@@ -81,7 +81,7 @@ def test_every_concept_with_plausible_coverage(batch):
         print(f"{CONCEPT_NAMES[c]:10s} {float(cover[c]):8.3f}  {float(present[c]):6.2f}")
     assert cover[0] == 0
     assert bool((present[1:] > 0.5).all()), "every concept should appear in most images"
-    # sky and grass must not dominate (METHOD.md, arithmetic of quantile mode)
+    # sky and grass must not dominate (docs/method.md §3, arithmetic of quantile mode)
     assert 0.15 < cover[L["sky"]] < 0.35 and 0.15 < cover[L["grass"]] < 0.35
     for name in ("mountain", "road", "tree", "building"):
         assert cover[L[name]] > 0.03, name

@@ -6,12 +6,18 @@ import pickle
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from gan_monitor.segmenters.base import Segmenter, validate_segmentation, validate_segmenter
 from gan_monitor.toyworld import CONCEPT_CATEGORIES, CONCEPT_NAMES
+from gan_monitor.toyworld.palette import CONCEPT_COLOURS, colorize, save_label_grid
 from gan_monitor.toyworld.scenes import render_scenes
 from gan_monitor.toyworld.segmenter import (
-    DEFAULT_WEIGHTS, SegmenterNet, ToySegmenter, load_segmenter, save_segmenter,
+    DEFAULT_WEIGHTS,
+    SegmenterNet,
+    ToySegmenter,
+    load_segmenter,
+    save_segmenter,
 )
 
 # Training uses scene seeds >= 10**7 - 1 and the training script reports on seed 777;
@@ -182,10 +188,6 @@ def test_rejects_wrong_number_of_classes():
 
 
 def test_palette_grid(tmp_path):
-    from PIL import Image
-
-    from gan_monitor.toyworld.palette import CONCEPT_COLOURS, colorize, save_label_grid
-
     x, y = render_scenes(3, seed=8, size=32)
     rgb = colorize(y)
     assert rgb.shape == (3, 32, 32, 3) and rgb.dtype == torch.uint8

@@ -4,26 +4,35 @@ on a tiny random generator (equal to the Python API's numbers)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from gan_monitor.cli.main import main
+from gan_monitor.dissection.pipeline import dissect
+from gan_monitor.dissection.results import DissectionResult
+from gan_monitor.segmenters.base import validate_segmentation
+from gan_monitor.segmenters.color import ColorSegmenter
+from gan_monitor.segmenters.huggingface import HFSegmenter
+from gan_monitor.segmenters.parts import PartSegmenter
 from gan_monitor.segmenters.specs import load_segmenter_spec
+from gan_monitor.toyworld.gan import ToyGenerator
+from gan_monitor.toyworld.segmenter import ToySegmenter
+
+from tiny_hf_models import ade_id2label, make_segformer, make_upernet
 
 N = 16
 
 
 def tiny_generator():
     """--generator-factory target: an untrained toy generator (32x32 images)."""
-    from gan_monitor.toyworld.gan import ToyGenerator
 
     return ToyGenerator(16, 32, (32, 16, 8), "batch")
 
 
 def my_segmenter():
     """pkg.module:function target: a user-written segmenter."""
-    from gan_monitor.segmenters.color import ColorSegmenter
 
     return ColorSegmenter(output_size=8)
 
@@ -34,7 +43,6 @@ NOT_A_FUNCTION = 42
 @pytest.fixture(scope="module")
 def hf_folders(tmp_path_factory):
     pytest.importorskip("transformers")
-    from tiny_hf_models import ade_id2label, make_segformer, make_upernet
 
     root = tmp_path_factory.mktemp("hf_specs")
     return {"ade": make_segformer(root / "ade", ade_id2label(), size=32),
@@ -50,10 +58,6 @@ def generator_file(tmp_path_factory):
 
 
 def test_builtin_specs():
-    from gan_monitor.segmenters.color import ColorSegmenter
-    from gan_monitor.segmenters.parts import PartSegmenter
-    from gan_monitor.toyworld.segmenter import ToySegmenter
-
     assert isinstance(load_segmenter_spec("toyworld"), ToySegmenter)
     assert isinstance(load_segmenter_spec("color"), ColorSegmenter)
     assert isinstance(load_segmenter_spec(" colour "), ColorSegmenter)
@@ -80,9 +84,6 @@ def test_bad_specs(spec, error, message):
 
 
 def test_transformers_specs(hf_folders, tmp_path):
-    from gan_monitor.segmenters.huggingface import HFSegmenter
-    from gan_monitor.segmenters.parts import PartSegmenter
-
     ade = load_segmenter_spec(f"ade20k:{hf_folders['ade']}")
     assert isinstance(ade, HFSegmenter) and ade.is_ade20k and ade.concepts[3] == "sky"
     with_parts = load_segmenter_spec(f"ade20k:{hf_folders['ade']}+parts")
@@ -104,9 +105,6 @@ def _dissect_cli(generator_file, out, segmenter):
 
 @pytest.mark.parametrize("kind", ["ade20k", "color", "toyworld+parts"])
 def test_cli_dissect_end_to_end(kind, generator_file, tmp_path, request):
-    from gan_monitor.dissection.pipeline import dissect
-    from gan_monitor.dissection.results import DissectionResult
-
     # only the ade20k case needs transformers (the fixture skips without it)
     spec = f"ade20k:{request.getfixturevalue('hf_folders')['ade']}" if kind == "ade20k" else kind
     out = tmp_path / "o"
@@ -136,10 +134,6 @@ def test_cli_bad_spec_one_line(generator_file, hf_folders, tmp_path, capsys):
 
 
 def test_example_custom_segmenter(monkeypatch):
-    from pathlib import Path
-
-    from gan_monitor.segmenters.base import validate_segmentation
-
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "examples"))
     seg = load_segmenter_spec("custom_segmenter:make_segmenter")
     assert seg.concepts[:3] == ["-", "sky", "shadow"] and seg.concepts[3:] == load_segmenter_spec("color").concepts[1:]

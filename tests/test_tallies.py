@@ -1,18 +1,24 @@
 """Tallies, upsampling and thresholds against brute-force versions written here."""
 from __future__ import annotations
 
+import doctest
 import math
+from fractions import Fraction
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from gan_monitor.dissection.tally import LayerTally, encode_segmentation, category_index
+import gan_monitor.dissection.tally as tallies
+import gan_monitor.dissection.upsample as upsample_module
+import gan_monitor.dissection.upsample_blocks as blocks
+from gan_monitor.dissection.tally import LayerTally, category_index, encode_segmentation
+from gan_monitor.dissection.thresholds.iqr import LevelTally, score_levels
+from gan_monitor.dissection.thresholds.quantile import collect_above_floors, interpolate_at
+from gan_monitor.dissection.thresholds.top_values import TopValues, quantile_rank
 from gan_monitor.dissection.top_samples import TopSamples
 from gan_monitor.dissection.upsample import upsample
-from gan_monitor.dissection.thresholds.quantile import collect, interpolate_at
-from gan_monitor.dissection.thresholds.iqr import LevelTally, score_levels
-from gan_monitor.dissection.thresholds.top_values import TopValues, quantile_rank
+from gan_monitor.dissection.upsample_blocks import fused_sum
 
 torch.set_num_threads(1)
 
@@ -229,7 +235,7 @@ def test_interpolate_at_positions_matches_upsample(shape, size):
 def test_collect_keeps_exactly_the_pixels_above_the_floor():
     x = torch.randn(6, 3, 4, 4, generator=torch.Generator().manual_seed(8))
     floors = torch.tensor([0.5, 1.0, 9.0])
-    kept = collect([x[:2], x[2:]], (8, 8), floors)
+    kept = collect_above_floors([x[:2], x[2:]], (8, 8), floors)
     dense = upsample(x, (8, 8)).flatten(2)  # [N, U, P]
     for u in range(3):
         image, pixel = (dense[:, u] > floors[u]).nonzero(as_tuple=True)
@@ -245,7 +251,6 @@ def test_collect_keeps_exactly_the_pixels_above_the_floor():
 
 @pytest.mark.parametrize("per_image_limit", [None, 0])
 def test_add_active_counts_listed_pixels_like_brute_force(per_image_limit, monkeypatch):
-    import gan_monitor.dissection.tally as tallies
     if per_image_limit is not None:  # force the path for many (unit, image) pairs
         monkeypatch.setattr(tallies, "CHUNK_ELEMENTS", per_image_limit)
     gen = torch.Generator().manual_seed(11)
@@ -271,7 +276,6 @@ def test_add_active_counts_listed_pixels_like_brute_force(per_image_limit, monke
 
 def _round_to_float32(x) -> float:
     """Exact rational ``x`` rounded once to float32 (nearest, ties to even)."""
-    from fractions import Fraction
     guess = torch.tensor(float(x), dtype=torch.float32)
     near = [torch.nextafter(guess, torch.tensor(-math.inf)), guess, torch.nextafter(guess, torch.tensor(math.inf))]
     best = min(near, key=lambda c: (abs(Fraction(float(c)) - x), int(c.view(torch.int32)) & 1))
@@ -279,8 +283,6 @@ def _round_to_float32(x) -> float:
 
 
 def test_fused_sum_rounds_once_like_a_fused_multiply_add():
-    from fractions import Fraction
-    from gan_monitor.dissection.upsample_blocks import fused_sum
     gen = torch.Generator().manual_seed(12)
     p = torch.randn(3000, generator=gen) * torch.logspace(-3, 3, 3000)
     b = torch.randn(3000, generator=gen)
@@ -296,7 +298,6 @@ def test_fused_sum_rounds_once_like_a_fused_multiply_add():
                                         ((6, 6), (6, 6)), ((9, 4), (5, 3))])
 @pytest.mark.parametrize("dense", [False, True])
 def test_collect_kth_and_above_are_exact_on_every_path(shape, size, dense, monkeypatch):
-    import gan_monitor.dissection.upsample_blocks as blocks
     if dense:  # as if upsample's rounding could not be reproduced: the dense fallback
         monkeypatch.setattr(blocks, "_ARITHMETIC", {(*shape, *size, "cpu"): None})
     gen = torch.Generator().manual_seed(13)
@@ -307,7 +308,7 @@ def test_collect_kth_and_above_are_exact_on_every_path(shape, size, dense, monke
     per_unit = dense_maps.transpose(0, 1).flatten(1)
     floors = torch.stack([per_unit[u].kthvalue(int(per_unit.shape[1] * f)).values
                           for u, f in enumerate([0.9, 0.5, 0.95, 0.7])])
-    kept = collect([x[:5], x[5:]], size, floors)
+    kept = collect_above_floors([x[:5], x[5:]], size, floors)
     pixels = size[0] * size[1]
     for u in range(4):
         image, pixel = (dense_maps[:, u] > floors[u]).nonzero(as_tuple=True)
@@ -322,3 +323,8 @@ def test_collect_kth_and_above_are_exact_on_every_path(shape, size, dense, monke
         want = {(u, int(p)) for u in range(4) if exact[u]
                 for p in (dense_maps[:, u].flatten() > level[u]).nonzero().flatten()}
         assert got == want
+
+
+def test_upsample_docstring_example_runs():
+    result = doctest.testmod(upsample_module)
+    assert result.attempted >= 2 and result.failed == 0

@@ -2,6 +2,7 @@
 with a Lightning Trainer, checkpoint round trip, global RNG left alone."""
 from __future__ import annotations
 
+import copy
 import math
 
 import lightning.pytorch as pl
@@ -10,7 +11,12 @@ import torch
 import torch.nn.functional as F
 
 from gan_monitor.toyworld.gan import (
-    PixelNorm, ToyDiscriminator, ToyGAN, ToyGenerator, load_toygan, upsample2x,
+    PixelNorm,
+    ToyDiscriminator,
+    ToyGAN,
+    ToyGenerator,
+    load_toygan,
+    upsample2x,
     upsample_conv2d,
 )
 
@@ -180,8 +186,6 @@ def test_training_steps_update_both_networks_and_checkpoint_round_trips(tmp_path
 
 
 def test_ema_generator_averages_weights_and_round_trips(tmp_path):
-    import copy
-
     model = ToyGAN(ema_decay=0.9, **TINY)
     assert model.eval_generator() is model.generator_ema and ToyGAN(**TINY).generator_ema is None
     start = copy.deepcopy(model.generator)

@@ -1,12 +1,15 @@
 """Trace / Edit context managers and held-out inputs."""
 from __future__ import annotations
 
+import doctest
+
 import pytest
 import torch
 from torch import nn
 
+import gan_monitor.core.tracing as tracing
 from gan_monitor.core.inputs import call_generator, infer_latent_shape, iterate_batches, make_inputs, num_samples
-from gan_monitor.core.tracing import Edit, Trace, layer_names, resolve_layer
+from gan_monitor.core.tracing import Edit, Trace, eval_mode, layer_names, module_device, resolve_layer
 
 torch.set_num_threads(1)
 
@@ -157,10 +160,6 @@ def test_batches_of_tuples_and_dicts():
 
 
 def test_eval_mode_restores_mixed_flags_even_on_error():
-    import pytest
-    from torch import nn
-    from gan_monitor.core.tracing import eval_mode
-
     net = nn.Sequential(nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2), nn.Sequential(nn.Dropout(), nn.ReLU()))
     net.train()
     net[1].eval()                      # a submodule deliberately left in eval mode
@@ -173,11 +172,14 @@ def test_eval_mode_restores_mixed_flags_even_on_error():
 
 
 def test_module_device_reads_parameters_then_buffers_then_default():
-    from torch import nn
-    from gan_monitor.core.tracing import module_device
-
     assert module_device(nn.Linear(2, 2)) == torch.device("cpu")
     bn = nn.BatchNorm2d(3, affine=False)         # buffers only
     assert module_device(bn) == torch.device("cpu")
     assert module_device(nn.ReLU(), None) is None
     assert module_device("not a module", "fallback") == "fallback"
+
+
+def test_docstring_examples_run():
+    """The ``>>>`` examples of ``Trace`` and ``Edit`` are executed, not just shown."""
+    result = doctest.testmod(tracing)
+    assert result.attempted >= 10 and result.failed == 0

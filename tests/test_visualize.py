@@ -180,3 +180,33 @@ def test_top_unit_examples_match_a_direct_forward_pass():
     d = {"z": inputs, "flag": "x"}
     assert torch.equal(index_inputs(d, torch.tensor([3, 1]))["z"], inputs[[3, 1]])
     assert index_inputs(d, torch.tensor([0]))["flag"] == "x"
+
+
+def test_artifact_examples_are_the_highest_fid_units_top_pool_images():
+    from torch import nn
+
+    from gan_monitor.fid.unit_fid import UnitFID
+    from gan_monitor.report.unit_examples import artifact_examples, unit_examples
+
+    torch.manual_seed(0)
+    gen = nn.Sequential(nn.Linear(4, 3 * 4 * 4), nn.Unflatten(1, (3, 4, 4)), nn.BatchNorm2d(3), nn.Tanh())
+    gen.train()
+    inputs = torch.randn(12, 4, generator=torch.Generator().manual_seed(2))
+    topk = torch.randint(0, 12, (5, 4), generator=torch.Generator().manual_seed(3))
+    result = UnitFID(layer="2", fid=torch.tensor([3.0, 9.0, 1.0, 7.0, 5.0], dtype=torch.float64), topk=topk,
+                     topk_values=torch.zeros(5, 4), pool=12, k=4, extractor="pixels", real_count=10, seed=0,
+                     pool_fid=1.0, inputs=inputs)
+    examples = artifact_examples(gen, result, n_units=3, n_images=2)
+    assert [u for u, _, _ in examples] == [1, 3, 4]  # highest FID first
+    assert gen.training
+    gen.eval()
+    with torch.no_grad():
+        images = gen(inputs)
+    for unit, imgs, masks in examples:
+        torch.testing.assert_close(imgs, images[topk[unit, :2]])
+        assert masks is None
+    assert len(artifact_examples(gen, result, n_units=2, n_images=9)[0][1]) == 4  # at most k images
+    with pytest.raises(ValueError, match="pass inputs="):
+        artifact_examples(gen, UnitFID(**{**result.__dict__, "inputs": None}))
+    with pytest.raises(ValueError, match="thresholds"):
+        unit_examples(gen, inputs, topk, [0], 1, layer="2")

@@ -1,73 +1,117 @@
-"""Causal effects inside :class:`~gan_monitor.callbacks.dissection_monitor.DissectionMonitor` (METHOD.md 2).
+"""Causal effects during training (docs/method.md §6, §8).
 
-:class:`AceSchedule` is owned by the monitor and called from its hooks. For each
-monitored layer and each concept of ``ace_concepts`` it ablates the layer's top-n
-units by IoU with the concept (from the monitor's latest dissection) on the first
-``n`` images of the monitor's held-out sample, and logs the fraction of the
-concept's pixels removed; optionally (costlier) it also optimises the causal unit
-set (``causal.causal_units``, one epoch over ``n`` further images drawn from the
-held-out sample's seed + 1, so the evaluation images stay unseen by the
-optimisation) and logs what its top-n remove. It runs at every
-checkpoint save (``on_save``, default) and/or every ``every_n_epochs`` epochs,
-under ``torch.random.fork_rng`` and the monitor's warn-or-strict failure policy.
+:class:`AceOptions` says which concepts and when; :class:`AceSchedule` runs it from the
+monitor's hooks, seeing only a :class:`~gan_monitor.callbacks.context.MonitorContext`.
+For each monitored layer and each concept it ablates the layer's top-n units by IoU with
+the concept (from the latest dissection) on the first ``n`` images of the held-out sample,
+and logs the fraction of the concept's pixels removed
+(:func:`gan_monitor.interventions.ace.ace`); optionally (costlier) it also optimises the
+causal unit set (:func:`gan_monitor.interventions.causal_units.causal_units`, one epoch
+over ``n`` further images drawn from the held-out sample's seed + 1, so the evaluation
+images stay unseen by the optimisation) and logs what its top-n remove. It runs at every
+checkpoint save (``on_save``, default) and/or every ``every_n_epochs`` epochs, under the
+monitor's failure policy (:mod:`gan_monitor.callbacks.failure_policy`).
 
 Logged scalars (every logger): ``gan_monitor/<layer>/ace/<concept>/iou_top<n>_removed``
-and ``.../causal_top<n>_removed``. ``state_dict`` / ``load_state_dict`` keep the
-step of the last evaluation, the failure count and the history of logged values
-across checkpoints (the monitor stores them under its ``"ace"`` key).
+and ``.../causal_top<n>_removed``; a concept absent from every image is left out.
+``state_dict`` / ``load_state_dict`` keep the step of the last evaluation, the failure
+count and the history of logged values across checkpoints (the monitor stores them
+under its ``"ace"`` key).
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from gan_monitor.callbacks.guard import GuardedWork, logging_step
+from gan_monitor.callbacks.context import MonitorContext
+from gan_monitor.callbacks.failure_policy import FailurePolicy
+from gan_monitor.core.inputs import index_inputs, make_inputs
+from gan_monitor.core.validation import positive_int
+from gan_monitor.interventions.ace import ace
+from gan_monitor.interventions.causal_units import causal_units, check_differentiable
 
-__all__ = ["AceSchedule", "ACE_DOC"]
+__all__ = ["AceOptions", "AceSchedule"]
 
-ACE_DOC = """
-    Causal effects (off unless ``ace_concepts`` is given; see ``gan_monitor.callbacks.ace``):
-        ace_concepts: concept names; for each monitored layer, the fraction of each concept's
-            pixels removed by ablating its top-n IoU units is logged.
-        ace_options: dict with ``top_n`` (20), ``n`` (held-out images used, 100),
-            ``on_save`` (True: at checkpoint saves), ``every_n_epochs`` (None) and
-            ``causal`` (False; True also optimises and evaluates the top-n causal units).
+
+@dataclass(frozen=True)
+class AceOptions:
+    """Causal effects during training (off unless given to the monitor as ``ace=``).
+
+    Args:
+        concepts: concept names of the segmenter; for each monitored layer, the fraction
+            of each concept's pixels removed by ablating its ``top_n`` IoU units is logged.
+        top_n: units ablated per layer and concept.
+        n: held-out images the effect is measured on (the first ``n`` of the sample).
+        on_save: evaluate at every checkpoint save.
+        every_n_epochs: also (or instead) evaluate at the end of every this many epochs.
+        causal: also optimise the ``top_n`` causal units (needs a segmenter with
+            differentiable ``probabilities``) and log what they remove.
+
+    >>> AceOptions("tree", top_n=10).concepts
+    ('tree',)
+    >>> AceOptions(["tree"], on_save=False)
+    Traceback (most recent call last):
+    ...
+    ValueError: AceOptions: the causal effects are never evaluated: set on_save=True or every_n_epochs.
     """
 
-_OPTIONS = {"top_n", "n", "on_save", "every_n_epochs", "causal"}
+    concepts: tuple[str, ...]
+    top_n: int = 20
+    n: int = 100
+    on_save: bool = True
+    every_n_epochs: int | None = None
+    causal: bool = False
+
+    def __post_init__(self):
+        concepts = (self.concepts,) if isinstance(self.concepts, str) else tuple(self.concepts or ())
+        if not concepts or not all(isinstance(c, str) and c for c in concepts):
+            raise ValueError(f"AceOptions(concepts) must name at least one concept, got {self.concepts!r}.")
+        object.__setattr__(self, "concepts", concepts)
+        positive_int("AceOptions(top_n)", self.top_n)
+        positive_int("AceOptions(n)", self.n)
+        positive_int("AceOptions(every_n_epochs)", self.every_n_epochs, allow_none=True)
+        for name in ("on_save", "causal"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"AceOptions({name}) must be True or False, got {getattr(self, name)!r}.")
+        if not self.on_save and self.every_n_epochs is None:
+            raise ValueError("AceOptions: the causal effects are never evaluated: set on_save=True or "
+                             "every_n_epochs.")
 
 
 class AceSchedule:
-    """The monitor's causal-effect logging (see the module docstring)."""
+    """Runs :class:`AceOptions` (see the module docstring); ``enabled`` is False when
+    ``options`` is None.
 
-    failures = GuardedWork.counted()
+    Args:
+        options: which concepts and when, or None (off).
+        context: what the monitor shares (:class:`~gan_monitor.callbacks.context.MonitorContext`).
+    """
 
-    def __init__(self, monitor, concepts: Sequence[str] | None = None, *, top_n: int = 20, n: int = 100,
-                 on_save: bool = True, every_n_epochs: int | None = None, causal: bool = False):
-        self.enabled = bool(concepts)
-        concepts = [concepts] if isinstance(concepts, str) else list(concepts or [])
-        known = list(monitor.segmenter.concepts)[1:]
-        unknown = [c for c in concepts if c not in known]
-        if unknown:
-            raise ValueError(f"ace_concepts {unknown} are not concepts of the segmenter; known: {', '.join(known)}.")
-        for name, value in (("top_n", top_n), ("n", n)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"ace_options['{name}'] must be a positive integer, got {value!r}.")
-        if every_n_epochs is not None and (not isinstance(every_n_epochs, int) or every_n_epochs < 1):
-            raise ValueError("ace_options['every_n_epochs'] must be a positive integer or None, "
-                             f"got {every_n_epochs!r}.")
-        if self.enabled and not on_save and every_n_epochs is None:
-            raise ValueError("ace_concepts is given but never evaluated: set ace_options on_save=True "
-                             "or every_n_epochs.")
-        if causal and self.enabled:
-            from gan_monitor.interventions.causal_units import check_differentiable
-            check_differentiable(monitor.segmenter)
-        self.concepts, self.top_n, self.n = concepts, int(top_n), int(n)
-        self.on_save_enabled, self.every_n_epochs, self.causal = bool(on_save), every_n_epochs, bool(causal)
+    def __init__(self, options: AceOptions | None, context: MonitorContext):
+        self.options, self.context = options, context
+        self.enabled = options is not None
+        if self.enabled:
+            known = list(context.segmenter.concepts)[1:]
+            unknown = [c for c in options.concepts if c not in known]
+            if unknown:
+                raise ValueError(f"AceOptions(concepts) {unknown} are not concepts of the segmenter; "
+                                 f"known: {', '.join(known)}.")
+            if options.causal:
+                check_differentiable(context.segmenter)
         self.last_step: int | None = None
         self.history: list[dict[str, Any]] = []  # {"step", "metrics"} per evaluation (kept in checkpoints)
-        self._guard = GuardedWork("causal-effect evaluation")
+        self._policy = FailurePolicy("causal-effect evaluation", strict=context.strict)
+
+    @property
+    def failures(self) -> int:
+        """Failed evaluations (kept in checkpoints)."""
+        return self._policy.failures
+
+    @failures.setter
+    def failures(self, value: int) -> None:
+        self._policy.failures = int(value)
 
     # ---- state -----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -85,31 +129,28 @@ class AceSchedule:
         self.failures = int(state.get("failures", 0))
         self.history = [{"step": int(h["step"]), "metrics": dict(h["metrics"])} for h in state.get("history", [])]
 
-    @staticmethod
-    def check_options(options: dict | None) -> dict:
-        options = dict(options or {})
-        extra = sorted(set(options) - _OPTIONS)
-        if extra:
-            raise ValueError(f"unknown ace_options {extra}; allowed: {sorted(_OPTIONS)}.")
-        return options
+    # ---- hooks (called by the monitor) -----------------------------------------------
+    def epoch_end(self, trainer, pl_module) -> None:
+        every = None if self.options is None else self.options.every_n_epochs
+        if every is not None and (trainer.current_epoch + 1) % every == 0:
+            self._run(trainer, pl_module)
 
-    def epoch_end(self, monitor, trainer, pl_module) -> None:
-        if self.enabled and self.every_n_epochs is not None and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
-            self._run(monitor, trainer, pl_module, after_batch=False)
+    def on_save(self, trainer, pl_module) -> None:
+        if self.enabled and self.options.on_save:
+            self._run(trainer, pl_module)
 
-    def on_save(self, monitor, trainer, pl_module) -> None:
-        if self.enabled and self.on_save_enabled:
-            self._run(monitor, trainer, pl_module, after_batch=False)
-
-    def _run(self, monitor, trainer, pl_module, after_batch: bool) -> None:
-        if monitor.last_result is None:
+    # ---- the work ----------------------------------------------------------------------
+    def _run(self, trainer, pl_module) -> None:
+        dissection = self.context.latest_dissection()
+        if dissection is None:
             return  # nothing dissected yet: no IoU ranking to ablate
-        step = logging_step(trainer, monitor.batches_seen, after_batch)
+        step = self.context.logging_step(trainer, after_batch=False)
         if self.last_step is not None and step <= self.last_step:
             return  # one evaluation per step (several files saved at once, or save + epoch end)
         device = pl_module.device
-        ok, metrics = self._guard.run(lambda: self._measure(monitor, monitor.resolve_generator(pl_module), device),
-                                      step=step, device=device, strict=monitor.strict)
+        ok, metrics = self._policy.run(
+            lambda: self._measure(self.context.resolve_generator(pl_module), dissection, device), step=step,
+            device=device)
         if not ok:
             return
         for logger in trainer.loggers:
@@ -118,31 +159,28 @@ class AceSchedule:
         self.last_step = step
         self.history.append({"step": step, "metrics": metrics})
 
-    def _measure(self, monitor, generator, device) -> dict[str, float]:
-        from gan_monitor.interventions.causal_units import causal_units
-        from gan_monitor.core.inputs import index_inputs, make_inputs
-        from gan_monitor.interventions.ace import ace
-
-        inputs = monitor.sample.inputs(generator, device)
-        inputs = index_inputs(inputs, torch.arange(min(self.n, monitor.sample.n)))
+    def _measure(self, generator, result, device) -> dict[str, float]:
+        o, sample, segmenter = self.options, self.context.sample, self.context.segmenter
+        batch_size = self.context.batch_size
+        inputs = index_inputs(sample.inputs(generator, device), torch.arange(min(o.n, sample.n)))
         optimise_on = None  # images the causal optimisation sees: not the evaluation images
-        if self.causal:
-            optimise_on = make_inputs(generator, self.n, monitor.sample.seed + 1, monitor.sample.input_fn, device)
+        if o.causal:
+            optimise_on = make_inputs(generator, o.n, sample.seed + 1, sample.input_fn, device)
         metrics = {}
-        for layer, dissection in monitor.last_result.items():
-            m = min(self.top_n, dissection.num_units)
-            for concept in self.concepts:
+        for layer, dissection in result.items():
+            m = min(o.top_n, dissection.num_units)
+            for concept in o.concepts:
                 c = list(dissection.concepts).index(concept)
                 units = torch.argsort(dissection.iou[:, c], descending=True, stable=True)[:m].tolist()
-                r = ace(generator, layer, units, concept, segmenter=monitor.segmenter, inputs=inputs,
-                        batch_size=monitor.batch_size, device=device)
+                r = ace(generator, layer, units, concept, segmenter=segmenter, inputs=inputs,
+                        batch_size=batch_size, device=device)
                 metrics[f"gan_monitor/{layer}/ace/{concept}/iou_top{m}_removed"] = r.fraction_removed
-                if self.causal:
-                    cu = causal_units(generator, layer, concept, segmenter=monitor.segmenter, inputs=optimise_on,
-                                      seed=monitor.sample.seed + 1, input_fn=monitor.sample.input_fn,
-                                      dissection=dissection, top_n=m, evaluate=False, epochs=1,
-                                      batch_size=min(16, monitor.batch_size), device=device)
-                    r = ace(generator, layer, cu.ranking[:m], concept, segmenter=monitor.segmenter, inputs=inputs,
-                            batch_size=monitor.batch_size, device=device)
+                if o.causal:
+                    cu = causal_units(generator, layer, concept, segmenter=segmenter, inputs=optimise_on,
+                                      seed=sample.seed + 1, input_fn=sample.input_fn, dissection=dissection,
+                                      top_n=m, evaluate=False, epochs=1, batch_size=min(16, batch_size),
+                                      device=device)
+                    r = ace(generator, layer, cu.ranking[:m], concept, segmenter=segmenter, inputs=inputs,
+                            batch_size=batch_size, device=device)
                     metrics[f"gan_monitor/{layer}/ace/{concept}/causal_top{m}_removed"] = r.fraction_removed
         return {k: float(v) for k, v in metrics.items() if v == v}  # NaN (concept absent) left out

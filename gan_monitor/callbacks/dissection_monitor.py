@@ -1,54 +1,143 @@
-"""``DissectionMonitor``: a Lightning callback that dissects the generator during training.
+"""``DissectionMonitor``: a Lightning callback that dissects the generator during training
+(docs/method.md §8).
 
-Thin glue: scheduling, held-out inputs, checkpoint state and error policy live
-here; the numbers come from :func:`gan_monitor.dissection.pipeline.dissect`, the pictures
-from :mod:`gan_monitor.report.unit_examples`/:mod:`gan_monitor.report.pictures` and the logging
-from :mod:`gan_monitor.report.tensorboard`; per-unit FID from :mod:`gan_monitor.callbacks.unit_fid`.
-Under DDP every rank dissects its shard of the held-out sample and holds the same
-result (:mod:`gan_monitor.callbacks.ranks`); per-unit FID and causal effects run on rank 0.
+Thin glue: it schedules the work, keeps the held-out sample and the checkpoint state, and
+applies the failure policy (:mod:`gan_monitor.callbacks.failure_policy`). The numbers come
+from :func:`gan_monitor.dissect`, run on every DDP rank by
+:mod:`gan_monitor.callbacks.distributed_dissection`; the logging from :mod:`gan_monitor.report`;
+per-unit FID and causal effects from :mod:`gan_monitor.callbacks.unit_fid` and
+:mod:`gan_monitor.callbacks.ace`, which see the monitor only through a
+:class:`~gan_monitor.callbacks.context.MonitorContext`. The keywords of gan_monitor 0.1 are
+translated in :mod:`gan_monitor.callbacks.legacy_arguments`.
 
-Two classes share one implementation: :class:`DissectionMonitor` for
-``lightning.pytorch`` and :class:`DissectionMonitorPL` for ``pytorch_lightning``
-(a Trainer accepts only callbacks of its own framework).
+Two classes share one implementation: :class:`DissectionMonitor` for ``lightning.pytorch``
+and :class:`DissectionMonitorPL` for ``pytorch_lightning`` (a Trainer accepts only callbacks
+of its own framework; ``pytorch_lightning`` is imported only when that class is asked for).
 """
 from __future__ import annotations
 
 import time
 from typing import Any, Callable, Sequence
 
+import lightning.pytorch as pl
 from torch import nn
 
-from gan_monitor.callbacks.ace import ACE_DOC, AceSchedule
-from gan_monitor.callbacks.unit_fid import FID_DOC, UnitFIDSchedule
-from gan_monitor.callbacks.guard import GuardedWork, logging_step
-from gan_monitor.core.held_out import HeldOutSample
+from gan_monitor.callbacks.ace import AceOptions, AceSchedule
+from gan_monitor.callbacks.context import (
+    MonitorContext,
+    PictureOptions,
+    describe_generator,
+    find_generator,
+    logging_step,
+)
+from gan_monitor.callbacks.distributed_dissection import communicator, dissect_on_every_rank, log_dissection
+from gan_monitor.callbacks.failure_policy import FailurePolicy
+from gan_monitor.callbacks.legacy_arguments import translate_legacy_arguments
+from gan_monitor.callbacks.unit_fid import UnitFIDOptions, UnitFIDSchedule
+from gan_monitor.core.held_out import HeldOutSample, checksum
+from gan_monitor.core.validation import integer, positive_int
+from gan_monitor.dissection.options import DissectionOptions
+from gan_monitor.dissection.thresholds.modes import IQR, Quantile
+from gan_monitor.report.tensorboard import DissectionWriter
+from gan_monitor.segmenters.base import validate_segmenter
 
-__all__ = ["DissectionMonitor", "DissectionMonitorPL"]
+__all__ = ["DissectionMonitor", "PictureOptions", "UnitFIDOptions", "AceOptions"]  # and DissectionMonitorPL (lazy)
 
-_THRESHOLD_MODES = ("quantile", "iqr")
-_IOU_MODES = ("plain", "category")
 _STATE_VERSION = 1
+# IQR fields as the 0.1 monitor's dissect_options named them (kept in state_key, so that
+# checkpoints written by 0.1 resume with their monitor state)
+_IQR_KEYS = {"n": "iqr_n", "levels": "iqr_levels", "max_fraction": "iqr_max_fraction", "min_lift": "iqr_min_lift",
+             "subsample": "iqr_subsample"}
 
 
-def _positive_int(name: str, value, allow_none: bool = False):
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        hint = " or None" if allow_none else ""
-        raise ValueError(f"{name} must be a positive integer{hint}, got {value!r}.")
-    return int(value)
-
-
-def _describe(generator) -> str:
-    if isinstance(generator, str):
-        return generator
-    return getattr(generator, "__qualname__", type(generator).__name__)
+def _summary_numbers(summary: dict[str, Any]) -> dict[str, Any]:
+    return {k: summary[k] for k in ("units", "interpretable_units", "concept_diversity", "mean_iou",
+                                    "per_category")}
 
 
 class _MonitorLogic:
-    """The callback's behaviour, mixed into a framework's ``Callback`` class below."""
+    """Dissect generator layers during training and log what emerges.
 
-    failures = GuardedWork.counted()
+    ``DissectionMonitor(layers, segmenter, every_n_steps=500)`` is the common case; the
+    per-unit FID and the causal effects are off unless their options are given.
+
+    Args:
+        layers: module names inside the generator (``gan_monitor.core.tracing.layer_names``).
+        segmenter: a :class:`gan_monitor.segmenters.base.Segmenter`.
+        generator: attribute path on the LightningModule (``"generator"``, ``"nets.g_ema"``)
+            or a callable ``module -> nn.Module``.
+        every_n_steps: dissect every this many *training batches* (counted by the callback;
+            with manual optimisation ``trainer.global_step`` counts optimizer steps
+            instead). When given, it replaces ``every_n_epochs``.
+        every_n_epochs: dissect at the end of every this many epochs.
+        on_train_start: also dissect once before the first batch (step 0).
+        n, seed, input_fn: the held-out sample, drawn by ``gan_monitor.core.inputs.make_inputs``
+            (``input_fn(n, torch_generator) -> inputs``; default Gaussian latents) from a
+            private seeded ``torch.Generator`` on the module's device; the global RNG is
+            never touched.
+        threshold: ``"quantile"``, ``"iqr"``, ``Quantile(q)`` or ``IQR(...)``
+            (``gan_monitor.dissection.thresholds.modes``).
+        iou: ``"plain"`` or ``"category"`` (``gan_monitor.dissection.options.IOU_VARIANTS``).
+        cutoff: a unit is interpretable when the IoU of its label is >= ``cutoff``.
+        batch_size: samples per forward pass (results do not depend on it).
+            ``threshold``, ``iou``, ``cutoff`` and ``batch_size`` are checked by
+            :class:`gan_monitor.dissection.options.DissectionOptions` (``self.options``).
+        pictures: :class:`~gan_monitor.callbacks.context.PictureOptions` ``(top_units=8,
+            top_images=5, log_images=True)``: the unit grid shows the ``top_units`` best
+            units of each layer with their ``top_images`` top-activating held-out images;
+            ``log_images=False`` sends scalars only.
+        unit_fid: :class:`~gan_monitor.callbacks.unit_fid.UnitFIDOptions` ``(real_stats,
+            extractor=None, k=50, layers=None, every_n_steps=None, every_n_epochs=None,
+            max_unit_fid=None, artifact_ablation_on_save=False, artifact_units=20,
+            random_draws=3)``: per-unit FID on the held-out sample (pool M = ``n``; ``k``
+            top images per unit, fixed for the whole run) on its own schedule; with
+            ``max_unit_fid``, dissections leave units with a higher FID out of labelling
+            (the history records ``unit_fid_step``); with ``artifact_ablation_on_save``,
+            the artifact ablation at every checkpoint save. None (default): off.
+        ace: :class:`~gan_monitor.callbacks.ace.AceOptions` ``(concepts, top_n=20, n=100,
+            on_save=True, every_n_epochs=None, causal=False)``: the fraction of each
+            concept's pixels removed by ablating each layer's ``top_n`` IoU units (and,
+            with ``causal``, its optimised causal units). None (default): off.
+        strict: raise when monitoring work fails (default: warn once per kind of work,
+            count the failures, keep training).
+
+    The keywords of gan_monitor 0.1 (``quantile``, ``dissect_options``, ``top_units``,
+    ``top_images``, ``log_images``, ``fid_*``, ``artifact_*``, ``max_unit_fid``,
+    ``ace_concepts``, ``ace_options``) still work for this release, with a ``FutureWarning``
+    (``gan_monitor.callbacks.legacy_arguments``).
+
+    Logged, at Lightning's logging step (the x-axis of ``self.log``):
+
+    * every logger: ``gan_monitor/<layer>/interpretable_units``, ``concept_diversity``,
+      ``mean_iou`` and ``interpretable_<category>``; with ``unit_fid``: ``fid_max``,
+      ``fid_median`` and, at saves, ``fid_before``, ``fid_artifacts_ablated``,
+      ``fid_random_ablated``; with ``ace``: ``ace/<concept>/iou_top<n>_removed`` and
+      ``ace/<concept>/causal_top<n>_removed``;
+    * TensorBoard loggers also: ``unit_iou`` (histogram), ``units_per_concept`` and
+      ``top_units`` (images), ``interpretable_units_table`` (text), a custom-scalar layout;
+      with ``unit_fid``: ``unit_fid`` (histogram), ``artifact_units`` (images),
+      ``artifact_ablation`` (text). Other loggers get the scalars and one warning.
+
+    ``history`` keeps every dissection's summary numbers (``step``, ``batches``, ``epoch``,
+    ``layers``, ``seconds``) and ``last_result`` the last
+    :class:`~gan_monitor.dissection.results.DissectionResult`; ``unit_fid`` and ``ace`` are
+    the two schedules (their ``history``/``fids``, ``failures``); ``failures`` counts failed
+    dissections.
+
+    DDP (e.g. ``Trainer(strategy="ddp", devices=N)``): every rank dissects its share
+    ``rank::N`` of the held-out sample at the same batches; all ranks hold the same result,
+    history and scalars (equal to one process dissecting rank 0's generator); pictures are
+    built and logged on rank 0 only. A failure on any rank abandons that dissection on every
+    rank (the warning names the rank). Per-unit FID and causal effects run on rank 0, whose
+    per-unit FIDs are sent to every rank before a dissection that filters by them.
+
+    Resume: the checkpoint keeps the batch counter, the history, the failure counts, the
+    held-out sample's ``(n, seed)`` with a checksum of its inputs, and the schedules'
+    state (the per-unit FIDs and their step, the causal-effect history). A resumed run
+    draws the same held-out inputs (and warns if they differ), continues the history and
+    never logs a step twice. ``state_key`` names the layers, generator, sample, threshold,
+    IoU variant, cutoff and schedule, so several monitors can run in one Trainer.
+    """
 
     def __init__(
         self,
@@ -62,91 +151,68 @@ class _MonitorLogic:
         n: int = 1000,
         seed: int = 0,
         input_fn: Callable | None = None,
-        threshold: str = "quantile",
-        quantile: float = 0.01,
+        threshold: str | Quantile | IQR = "quantile",
         iou: str = "plain",
         cutoff: float = 0.05,
         batch_size: int = 100,
-        top_units: int = 8,
-        top_images: int = 5,
-        log_images: bool = True,
+        pictures: PictureOptions | None = None,
+        unit_fid: UnitFIDOptions | None = None,
+        ace: AceOptions | None = None,
         strict: bool = False,
-        dissect_options: dict[str, Any] | None = None,
-        fid_real_stats=None, fid_extractor=None, fid_k: int = 50, fid_layers: Sequence[str] | None = None,
-        fid_every_n_steps: int | None = None, fid_every_n_epochs: int | None = None, max_unit_fid: float | None = None,
-        artifact_ablation_on_save: bool = False, artifact_units: int = 20, artifact_random_draws: int = 3,
-        ace_concepts: Sequence[str] | None = None, ace_options: dict[str, Any] | None = None,
+        **legacy: Any,
     ):
-        from gan_monitor.segmenters.base import validate_segmenter
-        from gan_monitor.report.tensorboard import DissectionWriter
-
         super().__init__()
-        if isinstance(layers, str):
-            layers = [layers]
-        layers = list(layers)
+        new = translate_legacy_arguments(legacy, threshold=threshold, pictures=pictures, unit_fid=unit_fid,
+                                         ace=ace, owner=type(self).__name__)
+        layers = [layers] if isinstance(layers, str) else list(layers)
         if not layers or not all(isinstance(x, str) and x for x in layers):
             raise ValueError(
-                f"layers must be a non-empty list of module names, e.g. ['layer3', 'layer4'], got {layers!r}."
-            )
+                f"layers must be a non-empty list of module names, e.g. ['layer3', 'layer4'], got {layers!r}.")
         if len(set(layers)) != len(layers):
             raise ValueError(f"layers lists a name twice: {layers!r}.")
         validate_segmenter(segmenter)
         if not (isinstance(generator, str) and generator) and not callable(generator):
             raise TypeError(
                 "generator must be an attribute path on the LightningModule (e.g. 'generator' or "
-                f"'nets.g_ema') or a callable module -> nn.Module, got {generator!r}."
-            )
-        every_n_steps = _positive_int("every_n_steps", every_n_steps, allow_none=True)
-        every_n_epochs = _positive_int("every_n_epochs", every_n_epochs, allow_none=True)
+                f"'nets.g_ema') or a callable module -> nn.Module, got {generator!r}.")
+        every_n_steps = positive_int("every_n_steps", every_n_steps, allow_none=True)
+        every_n_epochs = positive_int("every_n_epochs", every_n_epochs, allow_none=True)
         if every_n_steps is None and every_n_epochs is None and not on_train_start:
-            raise ValueError(
-                "nothing is scheduled: set every_n_steps (training batches) or every_n_epochs."
-            )
-        if threshold not in _THRESHOLD_MODES:
-            raise ValueError(f"threshold must be one of {_THRESHOLD_MODES}, got {threshold!r}.")
-        if iou not in _IOU_MODES:
-            raise ValueError(f"iou must be one of {_IOU_MODES}, got {iou!r}.")
-        if not 0.0 < float(quantile) < 1.0:
-            raise ValueError(f"quantile must lie in (0, 1) (0.01 = top 1% of pixels), got {quantile!r}.")
-        if not 0.0 <= float(cutoff) <= 1.0:
-            raise ValueError(f"cutoff is an IoU and must lie in [0, 1], got {cutoff!r}.")
+            raise ValueError("nothing is scheduled: set every_n_steps (training batches) or every_n_epochs.")
         if input_fn is not None and not callable(input_fn):
             raise TypeError(f"input_fn must be callable or None, got {type(input_fn).__name__}.")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise TypeError(f"seed must be an integer, got {seed!r}.")
+        for name, value, cls in (("pictures", new["pictures"], PictureOptions),
+                                 ("unit_fid", new["unit_fid"], UnitFIDOptions), ("ace", new["ace"], AceOptions)):
+            if value is not None and not isinstance(value, cls):
+                raise TypeError(f"{name} must be a {cls.__name__}(...) or None, got {type(value).__name__}.")
+        self.pictures = new["pictures"] or PictureOptions()
+        self.options = DissectionOptions(threshold=new["threshold"], iou=iou, cutoff=cutoff,
+                                         topk=self.pictures.top_images, batch_size=batch_size)
         self.layers = layers
         self.segmenter = segmenter
         self.generator = generator
         self.every_n_steps = every_n_steps
-        # A step schedule replaces the epoch schedule (see the class docstring).
-        self.every_n_epochs = every_n_epochs if every_n_steps is None else None
+        self.every_n_epochs = every_n_epochs if every_n_steps is None else None  # a step schedule replaces it
         self.dissect_on_train_start = bool(on_train_start)
-        self.sample = HeldOutSample(_positive_int("n", n), seed, input_fn)
-        self.threshold = threshold
-        self.quantile = float(quantile)
-        self.iou = iou
-        self.cutoff = float(cutoff)
-        self.batch_size = _positive_int("batch_size", batch_size)
-        self.top_units = _positive_int("top_units", top_units)
-        self.top_images = _positive_int("top_images", top_images)
-        self.log_images = bool(log_images)
+        self.sample = HeldOutSample(positive_int("n", n), integer("seed", seed), input_fn)
         self.strict = bool(strict)
-        self.dissect_options = _check_dissect_options(dissect_options)
-        self._writer = DissectionWriter(log_images=log_images, top_units=top_units)
-        self.unit_fid = UnitFIDSchedule(  # per-unit FID, artifact ablation; off without fid_real_stats
-            self, fid_real_stats, fid_extractor, k=fid_k, layers=fid_layers, every_n_steps=fid_every_n_steps,
-            every_n_epochs=fid_every_n_epochs, ablation_on_save=artifact_ablation_on_save,
-            artifact_units=artifact_units, random_draws=artifact_random_draws, max_unit_fid=max_unit_fid)
-        self.ace = AceSchedule(self, ace_concepts, **AceSchedule.check_options(ace_options))  # causal effects
+        self._writer = DissectionWriter(log_images=self.pictures.log_images, top_units=self.pictures.top_units)
+        self._policy = FailurePolicy("dissection", strict=self.strict)
+        self.context = MonitorContext(
+            layers=tuple(layers), segmenter=segmenter, sample=self.sample, resolve_generator=self.resolve_generator,
+            batches_seen=self._batches_seen, latest_dissection=self._latest_dissection,
+            batch_size=self.options.batch_size, strict=self.strict, pictures=self.pictures,
+            select_image_loggers=self._writer.rich_loggers)
+        self.unit_fid = UnitFIDSchedule(new["unit_fid"], self.context)  # per-unit FID, artifact ablation
+        self.ace = AceSchedule(new["ace"], self.context)  # causal effects
         # state kept in checkpoints
         self.batches_seen = 0  # training batches completed (not optimizer steps)
         self.last_step: int | None = None  # logger step of the last dissection
         self.history: list[dict[str, Any]] = []
-        self._guard = GuardedWork("dissection")  # warn-once-or-strict; counts failures
         # runtime only
         self.last_result = None
 
-
+    # ---- read-only views of the configuration -------------------------------------
     @property
     def n(self) -> int:
         """Size of the held-out sample."""
@@ -157,14 +223,51 @@ class _MonitorLogic:
         """Seed of the held-out sample."""
         return self.sample.seed
 
+    @property
+    def threshold(self) -> Quantile | IQR:
+        return self.options.threshold
+
+    @property
+    def iou(self) -> str:
+        return self.options.iou
+
+    @property
+    def cutoff(self) -> float:
+        return self.options.cutoff
+
+    @property
+    def batch_size(self) -> int:
+        return self.options.batch_size
+
+    @property
+    def failures(self) -> int:
+        """Failed dissections (kept in checkpoints)."""
+        return self._policy.failures
+
+    @failures.setter
+    def failures(self, value: int) -> None:
+        self._policy.failures = int(value)
+
+    def _batches_seen(self) -> int:
+        return self.batches_seen
+
+    def _latest_dissection(self):
+        return self.last_result
+
     # ---- identity and checkpoint state -----------------------------------------
     @property
     def state_key(self) -> str:
-        config = dict(layers=self.layers, generator=_describe(self.generator), n=self.sample.n,
-                      seed=self.sample.seed, threshold=self.threshold, quantile=self.quantile,
-                      iou=self.iou, cutoff=self.cutoff,
-                      every_n_steps=self.every_n_steps, every_n_epochs=self.every_n_epochs,
-                      **({"options": sorted(self.dissect_options.items())} if self.dissect_options else {}))
+        t = self.options.threshold
+        extra = {}
+        if isinstance(t, IQR):
+            options = [(_IQR_KEYS[k], getattr(t, k)) for k in _IQR_KEYS if getattr(t, k) != getattr(IQR(), k)]
+            if t.inputs is not None:
+                options.append(("iqr_inputs", checksum(t.inputs)))
+            extra = {"options": sorted(options)} if options else {}
+        config = dict(layers=self.layers, generator=describe_generator(self.generator), n=self.sample.n,
+                      seed=self.sample.seed, threshold=t.name, quantile=t.q if isinstance(t, Quantile) else t.fallback,
+                      iou=self.options.iou, cutoff=self.options.cutoff,
+                      every_n_steps=self.every_n_steps, every_n_epochs=self.every_n_epochs, **extra)
         return f"DissectionMonitor{config!r}"
 
     def state_dict(self) -> dict[str, Any]:
@@ -174,8 +277,7 @@ class _MonitorLogic:
             "last_step": self.last_step,
             "history": [dict(h) for h in self.history],
             "failures": self.failures,
-            # what rebuilds the held-out inputs, and a checksum to verify them
-            "inputs": self.sample.state_dict(),
+            "inputs": self.sample.state_dict(),  # what rebuilds the held-out inputs, and their checksum
             "unit_fid": self.unit_fid.state_dict(),
             "ace": self.ace.state_dict(),
         }
@@ -194,7 +296,7 @@ class _MonitorLogic:
         if stage not in (None, "fit"):
             return
         self.resolve_generator(pl_module)  # raises now, before training starts
-        self.unit_fid.setup(self, pl_module)
+        self.unit_fid.setup(pl_module)
 
     def on_train_start(self, trainer, pl_module) -> None:
         if self._skip(trainer) or not self.dissect_on_train_start:
@@ -209,7 +311,7 @@ class _MonitorLogic:
         if self._skip(trainer):
             return
         if trainer.is_global_zero:  # first: a dissection at this batch uses its FIDs
-            self.unit_fid.after_batch(self, trainer, pl_module)
+            self.unit_fid.after_batch(trainer, pl_module)
         if self.every_n_steps is not None and self.batches_seen % self.every_n_steps == 0:
             self._dissect(trainer, pl_module, self._log_step(trainer, after_batch=True))
 
@@ -217,16 +319,16 @@ class _MonitorLogic:
         if self._skip(trainer):
             return
         if trainer.is_global_zero:
-            self.unit_fid.epoch_end(self, trainer, pl_module)
+            self.unit_fid.epoch_end(trainer, pl_module)
         if self.every_n_epochs is not None and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
             self._dissect(trainer, pl_module, self._log_step(trainer, after_batch=False))
         if trainer.is_global_zero:
-            self.ace.epoch_end(self, trainer, pl_module)
+            self.ace.epoch_end(trainer, pl_module)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
         if not self._skip(trainer) and trainer.is_global_zero:
-            self.unit_fid.on_save(self, trainer, pl_module)
-            self.ace.on_save(self, trainer, pl_module)
+            self.unit_fid.on_save(trainer, pl_module)
+            self.ace.on_save(trainer, pl_module)
         saved = checkpoint.get("callbacks", {})
         if self.state_key in saved:  # Lightning took the state before this hook: add what it just ran
             saved[self.state_key] = self.state_dict()
@@ -234,146 +336,43 @@ class _MonitorLogic:
     # ---- the work --------------------------------------------------------------------
     def resolve_generator(self, pl_module) -> nn.Module:
         """The generator to dissect; checks that the configured layers exist in it."""
-        from gan_monitor.core.tracing import layer_names, resolve_layer
-
-        if callable(self.generator) and not isinstance(self.generator, str):
-            gen = self.generator(pl_module)
-            where = f"generator callable {_describe(self.generator)}"
-        else:
-            gen = pl_module
-            for part in self.generator.split("."):
-                if not hasattr(gen, part):
-                    children = [name for name, _ in pl_module.named_children()]
-                    raise AttributeError(
-                        f"DissectionMonitor: {type(pl_module).__name__} has no attribute path "
-                        f"{self.generator!r} (stopped at {part!r}); its submodules are "
-                        f"{children}. Pass generator='<attribute path>' or a callable "
-                        "module -> generator."
-                    )
-                gen = getattr(gen, part)
-            where = f"{type(pl_module).__name__}.{self.generator}"
-        if not isinstance(gen, nn.Module):
-            raise TypeError(f"DissectionMonitor: {where} is a {type(gen).__name__}, not an nn.Module.")
-        missing = []
-        for layer in self.layers:
-            try:
-                resolve_layer(gen, layer)
-            except Exception:
-                missing.append(layer)
-        if missing:
-            raise ValueError(
-                f"DissectionMonitor: {where} has no layer(s) {missing}. Available layers: "
-                f"{', '.join(layer_names(gen))}."
-            )
-        return gen
+        return find_generator(pl_module, self.generator, self.layers)
 
     def _skip(self, trainer) -> bool:  # the same on every rank
         return bool(trainer.sanity_checking or getattr(trainer, "fast_dev_run", False))
 
     def _log_step(self, trainer, after_batch: bool) -> int:
-        """Step on Lightning's logging axis: batches that stepped (what ``self.log``
-        uses), counting the current batch in ``on_train_batch_end``."""
         step = logging_step(trainer, self.batches_seen, after_batch)
         if self.last_step is not None and step <= self.last_step:
             step = self.last_step + 1  # never log one step twice
         return step
 
     def _dissect(self, trainer, pl_module, step: int) -> None:
-        from gan_monitor.callbacks.ranks import dissect_and_log
-
         started = time.perf_counter()
-        ok, result = self._guard.run(lambda: dissect_and_log(self, trainer, pl_module, step), step=step,
-                                     device=pl_module.device, strict=self.strict)
+        device = pl_module.device
+
+        def work():
+            comm = communicator(trainer)
+            result, generator, inputs = dissect_on_every_rank(self.context, self.options, self.unit_fid,
+                                                              pl_module, comm)
+            self.last_step = step  # from here on this step counts as logged
+            log_dissection(self._writer, self.context, trainer, result, generator, inputs, step, device, comm)
+            return result
+
+        ok, result = self._policy.run(work, step=step, device=device)
         if not ok:
             return
         self.last_result = result
         self.history.append({
             "step": step, "batches": self.batches_seen, "epoch": int(trainer.current_epoch),
-            "layers": {name: _scalars(ld.summary) for name, ld in result.items()},
+            "layers": {name: _summary_numbers(ld.summary) for name, ld in result.items()},
             "seconds": round(time.perf_counter() - started, 3),
-            **({"unit_fid_step": self.unit_fid.last_step} if self.unit_fid.max_unit_fid is not None else {}),
+            **({"unit_fid_step": self.unit_fid.last_step} if self.unit_fid.filters_units else {}),
         })
 
 
-_MANAGED = {"generator", "layers", "segmenter", "inputs", "n", "seed", "input_fn", "threshold", "quantile",
-            "iou", "cutoff", "batch_size", "device", "topk", "progress", "distributed"}
-
-
-def _check_dissect_options(options) -> dict[str, Any]:
-    import inspect
-
-    from gan_monitor.dissection.pipeline import dissect
-
-    if options is None:
-        return {}
-    if not isinstance(options, dict):
-        raise TypeError(f"dissect_options must be a dict of dissect() arguments, got {type(options).__name__}.")
-    allowed = set(inspect.signature(dissect).parameters) - _MANAGED
-    bad = sorted(set(options) - allowed)
-    if bad:
-        raise ValueError(
-            f"dissect_options {bad} are not extra arguments of gan_monitor.dissect; allowed: "
-            f"{', '.join(sorted(allowed))} (the others are DissectionMonitor arguments)."
-        )
-    return dict(options)
-
-
-def _scalars(summary: dict[str, Any]) -> dict[str, Any]:
-    return {k: summary[k] for k in ("units", "interpretable_units", "concept_diversity", "mean_iou",
-                                    "per_category")}
-
-
-_DOC = """Dissect generator layers during training and log what emerges.
-
-    Args:
-        layers: module names inside the generator (``gan_monitor.core.tracing.layer_names``).
-        segmenter: a :class:`gan_monitor.segmenters.base.Segmenter`.
-        generator: attribute path on the LightningModule (``"generator"``, ``"nets.g_ema"``)
-            or a callable ``module -> nn.Module``.
-        every_n_steps: dissect every this many *training batches* (counted by the
-            callback; with manual optimisation ``trainer.global_step`` counts optimizer
-            steps instead). When given, it replaces ``every_n_epochs``.
-        every_n_epochs: dissect at the end of every this many epochs.
-        on_train_start: also dissect once before the first batch (step 0).
-        n, seed, input_fn: the held-out sample, drawn by ``gan_monitor.core.inputs.make_inputs``
-            from a private seeded ``torch.Generator`` on the module's device; the
-            global RNG is never touched. ``(n, seed)`` is stored in the checkpoint.
-        threshold, quantile, iou, cutoff, batch_size: passed to ``gan_monitor.dissect``.
-        top_units, top_images: the unit grid shows the ``top_units`` best units of each
-            layer with their ``top_images`` top-activating held-out images.
-        log_images: send histograms, images and tables to TensorBoard loggers.
-        strict: raise when a dissection fails (default: warn once, keep training).
-        dissect_options: further keyword arguments of ``gan_monitor.dissect``
-            (e.g. ``{"iqr_n": 50}``), checked against its signature.
-
-    Logs at Lightning's logging step (the x-axis of ``self.log``):
-    ``gan_monitor/<layer>/{interpretable_units, concept_diversity, mean_iou,
-    interpretable_<category>}`` to every logger; ``unit_iou`` (histogram),
-    ``units_per_concept`` and ``top_units`` (images) and ``interpretable_units_table``
-    (text) to TensorBoard. ``history`` keeps every dissection's summary numbers and
-    ``last_result`` the last :class:`~gan_monitor.dissection.results.DissectionResult`.
-
-    Under DDP (e.g. ``Trainer(strategy="ddp", devices=N)``) every rank dissects its share
-    ``rank::N`` of the held-out sample at the same batches; all ranks hold the same
-    result, history and scalars (equal to one process dissecting rank 0's generator);
-    pictures are built and logged on rank 0 only. A failure on any rank abandons that
-    dissection on every rank (the warning names the rank). Per-unit FID and causal
-    effects run on rank 0 only.
-    """
-
-
-def _make_class(callback_base: type, name: str) -> type:
-    cls = type(name, (_MonitorLogic, callback_base), {"__doc__": _DOC + FID_DOC + ACE_DOC, "__module__": __name__})
-    return cls
-
-
-try:
-    import lightning.pytorch as _lightning
-except ImportError:  # pragma: no cover - only pytorch_lightning installed
-    _lightning = None
-
-if _lightning is not None:
-    DissectionMonitor = _make_class(_lightning.Callback, "DissectionMonitor")
+class DissectionMonitor(_MonitorLogic, pl.Callback):
+    __doc__ = _MonitorLogic.__doc__
 
 
 def __getattr__(name: str):
@@ -381,10 +380,8 @@ def __getattr__(name: str):
     if name == "DissectionMonitorPL":
         import pytorch_lightning
 
-        cls = _make_class(pytorch_lightning.Callback, "DissectionMonitorPL")
+        cls = type("DissectionMonitorPL", (_MonitorLogic, pytorch_lightning.Callback),
+                   {"__doc__": _MonitorLogic.__doc__, "__module__": __name__})
         globals()[name] = cls
         return cls
-    if name == "DissectionMonitor" and _lightning is None:
-        raise ImportError("DissectionMonitor needs lightning (pip install lightning); "
-                          "with pytorch_lightning use DissectionMonitorPL.")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -15,19 +15,38 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import logging
 import os
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from gan_monitor.callbacks.context import PictureOptions
+from gan_monitor.callbacks.dissection_monitor import DissectionMonitor
+from gan_monitor.cli.dissect import dissect_checkpoints
+from gan_monitor.cli.options import add_iou_argument, add_threshold_argument, checked
+from gan_monitor.core.errors import UsageError
+from gan_monitor.core.tracing import layer_names
+from gan_monitor.core.validation import fraction, positive_int
+from gan_monitor.dissection.thresholds.modes import IQR, Quantile
+from gan_monitor.report.html import build_report
+from gan_monitor.toyworld.gan import ToyGAN
+from gan_monitor.toyworld.segmenter import load_segmenter
+
 __all__ = ["DEFAULTS", "add_arguments", "run", "run_demo", "plan_schedule", "make_monitor",
-           "seconds_per_batch", "format_table"]
+           "seconds_per_batch", "format_table", "demo_threshold"]
 
 # Chosen so that dissections cost <= ~5% of the training time on 2 CPU cores while
 # giving 6+ points on the curves in 10 minutes (see bench/monitor_overhead.py).
 # iqr mode (ICLR 2019 default): with quantile mode's fixed top 1% a unit can reach
-# IoU 0.05 only with concepts covering <= ~20% of the image (METHOD.md 1.2), and in
-# 10 minutes of toy training most units stay just below the cutoff.
+# IoU 0.05 only with concepts covering <= ~20% of the image, and in
+# 10 minutes of toy training most units stay just below the cutoff (docs/method.md §3).
 DEFAULTS: dict[str, Any] = dict(
     minutes=10.0, out="runs/demo", layers=("layer2", "layer3"), n=50, points=5,
     threshold="iqr", iqr_n=25, quantile=0.01, iou="plain", cutoff=0.05, seed=0, threads=2,
@@ -55,12 +74,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--every-n-steps", type=int, default=None,
                    help="dissect every this many training batches (default: from --points)")
     p.add_argument("--max-batches", type=int, default=None, help="stop after this many batches")
-    p.add_argument("--threshold", choices=("quantile", "iqr"), default=d["threshold"],
-                   help=f"threshold mode (default {d['threshold']})")
+    add_threshold_argument(p, default=d["threshold"])
     p.add_argument("--iqr-n", type=int, default=d["iqr_n"],
                    help=f"iqr mode: size of the separate sample that picks the levels (default {d['iqr_n']})")
     p.add_argument("--quantile", type=float, default=d["quantile"],
                    help=f"top fraction of pixels a unit is 'on' in quantile mode (default {d['quantile']})")
+    add_iou_argument(p, default=d["iou"])
     p.add_argument("--cutoff", type=float, default=d["cutoff"],
                    help=f"IoU from which a unit counts as interpretable (default {d['cutoff']})")
     p.add_argument("--seed", type=int, default=d["seed"], help=f"training seed (default {d['seed']})")
@@ -70,19 +89,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gan_monitor.cli.main import UsageError
-
     if args.minutes <= 0:
         raise UsageError(f"--minutes must be positive, got {args.minutes}.")
     for name in ("n", "iqr_n", "points", "every_n_steps", "max_batches", "threads"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {value}.")
+        if getattr(args, name) is not None:
+            checked(f"--{name.replace('_', '-')}", positive_int, getattr(args, name))
+    checked("--quantile", fraction, args.quantile)
+    checked("--cutoff", fraction, args.cutoff, closed=True)
     try:
         run_demo(
             minutes=args.minutes, out=args.out, layers=args.layers, n=args.n, points=args.points,
             every_n_steps=args.every_n_steps, max_batches=args.max_batches,
-            threshold=args.threshold, iqr_n=args.iqr_n, quantile=args.quantile, cutoff=args.cutoff,
+            threshold=args.threshold, iqr_n=args.iqr_n, quantile=args.quantile, iou=args.iou, cutoff=args.cutoff,
             seed=args.seed, threads=args.threads, progress=not args.no_progress,
         )
     except ValueError as err:  # e.g. an unknown layer name: the message lists the valid ones
@@ -93,10 +111,6 @@ def run(args: argparse.Namespace) -> int:
 def seconds_per_batch(hparams: dict, batches: int = 6) -> float:
     """Median time of a training batch of a throwaway ToyGAN with the given settings
     (a pilot for bench/monitor_overhead.py)."""
-    import lightning.pytorch as pl
-
-    from gan_monitor.toyworld.gan import ToyGAN
-
     hp = dict(hparams, num_scenes=max(2 * hparams["batch_size"], 64))
     times: list[float] = []
 
@@ -106,10 +120,6 @@ def seconds_per_batch(hparams: dict, batches: int = 6) -> float:
 
         def on_train_batch_end(self, *a):
             times.append(time.perf_counter() - self.t0)
-
-    import logging
-
-    import torch
 
     quiet = logging.getLogger("lightning.pytorch")
     level = quiet.level
@@ -133,17 +143,22 @@ def plan_schedule(seconds: float, per_batch: float, points: int,
     return expected, max(1, expected // max(1, int(points)))
 
 
+def demo_threshold(threshold: str = DEFAULTS["threshold"], iqr_n: int = DEFAULTS["iqr_n"],
+                   quantile: float = DEFAULTS["quantile"]) -> Quantile | IQR:
+    """The threshold object of the demo's flags: ``Quantile(quantile)``, or ``IQR`` on a
+    separate sample of ``iqr_n`` with ``quantile`` as the fallback level."""
+    return IQR(n=iqr_n, fallback=quantile) if threshold == "iqr" else Quantile(quantile)
+
+
 def make_monitor(segmenter, every_n_steps: int, *, layers: Sequence[str] = DEFAULTS["layers"],
                  n: int = DEFAULTS["n"], seed: int = DEFAULTS["seed"],
                  threshold: str = DEFAULTS["threshold"], iqr_n: int = DEFAULTS["iqr_n"],
-                 quantile: float = DEFAULTS["quantile"], cutoff: float = DEFAULTS["cutoff"]):
+                 quantile: float = DEFAULTS["quantile"], iou: str = DEFAULTS["iou"],
+                 cutoff: float = DEFAULTS["cutoff"]) -> DissectionMonitor:
     """The demo's DissectionMonitor on ``ToyGAN.generator`` (also used by the overhead bench)."""
-    from gan_monitor.callbacks.dissection_monitor import DissectionMonitor
-
     return DissectionMonitor(list(layers), segmenter, generator="generator", every_n_steps=every_n_steps,
-                             n=n, seed=seed, threshold=threshold, quantile=quantile, cutoff=cutoff,
-                             iou=DEFAULTS["iou"], batch_size=100, top_units=8, top_images=5,
-                             dissect_options={"iqr_n": iqr_n} if threshold == "iqr" else None)
+                             n=n, seed=seed, threshold=demo_threshold(threshold, iqr_n, quantile), iou=iou,
+                             cutoff=cutoff, batch_size=100, pictures=PictureOptions(top_units=8, top_images=5))
 
 
 def run_demo(
@@ -158,6 +173,7 @@ def run_demo(
     threshold: str = DEFAULTS["threshold"],
     iqr_n: int = DEFAULTS["iqr_n"],
     quantile: float = DEFAULTS["quantile"],
+    iou: str = DEFAULTS["iou"],
     cutoff: float = DEFAULTS["cutoff"],
     seed: int = DEFAULTS["seed"],
     threads: int = DEFAULTS["threads"],
@@ -166,17 +182,6 @@ def run_demo(
     echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run the demo; returns the log folder, the monitor's history and timings."""
-    from datetime import timedelta
-
-    import lightning.pytorch as pl
-    import torch
-    from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import TensorBoardLogger
-
-    from gan_monitor.toyworld.gan import ToyGAN
-    from gan_monitor.toyworld.segmenter import load_segmenter
-    from gan_monitor.core.tracing import layer_names
-
     start = time.perf_counter()
     torch.set_num_threads(int(threads))
     out = Path(out)
@@ -194,9 +199,9 @@ def run_demo(
     if every_n_steps is None and max_batches is not None and max_batches < _WARMUP + _MEASURE:
         every_n_steps = max(1, int(max_batches) // max(1, points))
     if every_n_steps is None:  # set from this run's own speed after its first batches
-        replan = _make_replanner(start + budget - _RESERVE_SECONDS, points, max_batches, echo)
+        replan = _Replan(start + budget - _RESERVE_SECONDS, points, max_batches, echo)
     monitor = make_monitor(segmenter, every_n_steps or 10**9, layers=layers, n=n, seed=seed,
-                           threshold=threshold, iqr_n=iqr_n, quantile=quantile, cutoff=cutoff)
+                           threshold=threshold, iqr_n=iqr_n, quantile=quantile, iou=iou, cutoff=cutoff)
     if replan is not None:
         replan.monitor = monitor
     logger = TensorBoardLogger(str(out), name="", default_hp_metric=False)
@@ -229,7 +234,7 @@ def run_demo(
         "total_seconds": time.perf_counter() - start,
         "settings": {"layers": list(layers), "n": n, "seed": seed, "threshold": threshold,
                      "iqr_n": iqr_n if threshold == "iqr" else None,
-                     "quantile": quantile, "iou": DEFAULTS["iou"], "cutoff": cutoff, "threads": threads},
+                     "quantile": quantile, "iou": iou, "cutoff": cutoff, "threads": threads},
     }
     summary["report"] = _report_last_checkpoint(summary, echo, progress)
     with open(os.path.join(logger.log_dir, "demo_summary.json"), "w", encoding="utf-8") as f:
@@ -238,23 +243,22 @@ def run_demo(
 
 
 def _report_last_checkpoint(summary: dict[str, Any], echo, progress: bool) -> str | None:
-    """Dissect the run's last checkpoint (``gan-monitor dissect``) and write its HTML report."""
-    from gan_monitor.cli.dissect import dissect_checkpoints
-    from gan_monitor.report.html import build_report
-
+    """Dissect the run's last checkpoint (``gan-monitor dissect``, with the monitor's
+    settings) and write its HTML report."""
     last = Path(summary["checkpoint_dir"]) / "last.ckpt"
     if not last.is_file():
         return None
     st = summary["settings"]
     out = Path(summary["log_dir"]) / "dissect_last"
-    dissect_checkpoints([last], st["layers"], out, n=st["n"], seed=st["seed"], threshold=st["threshold"],
+    dissect_checkpoints([last], st["layers"], out, n=st["n"], seed=st["seed"],
+                        threshold=demo_threshold(st["threshold"], st["iqr_n"], st["quantile"]), iou=st["iou"],
                         cutoff=st["cutoff"], progress=progress, echo=lambda line: None)
     page = build_report(out)
     echo(f"HTML report of the last checkpoint:  {page}")
     return str(page)
 
 
-class _ReplanBase:
+class _Replan(pl.Callback):
     """Sets the monitor's ``every_n_steps`` from the speed of this run's first batches,
     so that ``points`` dissections fit before ``deadline`` (a ``perf_counter`` time)."""
 
@@ -280,22 +284,16 @@ class _ReplanBase:
                       f"dissecting every {self.monitor.every_n_steps} batches.")
 
 
-def _make_replanner(deadline, points, max_batches, echo):
-    import lightning.pytorch as pl
-
-    cls = type("Replan", (_ReplanBase, pl.Callback), {})
-    return cls(deadline, points, max_batches, echo)
-
-
 def format_table(history: Sequence[dict], monitor) -> str:
     """Per layer: interpretable units, concept diversity and mean IoU at the first and
-    the last dissection, with the settings the numbers came from."""
-    if monitor.threshold == "quantile":
-        mode = f"quantile (unit on in its top {100 * monitor.quantile:g}% of pixels)"
+    the last dissection, with the settings the numbers came from (``monitor``: its
+    ``threshold`` object, ``iou``, ``cutoff``, ``n`` and ``seed``)."""
+    threshold = monitor.threshold
+    if isinstance(threshold, Quantile):
+        mode = f"quantile (unit on in its top {100 * threshold.q:g}% of pixels)"
     else:
-        iqr_n = getattr(monitor, "dissect_options", {}).get("iqr_n", monitor.n)
         mode = (f"iqr (each unit's level maximises the information quality ratio with its "
-                f"best concept, chosen on a separate sample of {iqr_n})")
+                f"best concept, chosen on a separate sample of {threshold.n or monitor.n})")
     head = (f"Dissection on {monitor.n} held-out samples (seed {monitor.seed}); threshold mode: {mode}; "
             f"IoU: {monitor.iou}; interpretable = IoU >= {monitor.cutoff:g}.")
     if not history:

@@ -20,18 +20,51 @@ Exit codes: 0 done, 1 error (one line; --debug shows the traceback), 2 bad usage
 """
 from __future__ import annotations
 
-from gan_monitor.core.errors import CommandError
-
 import argparse
-import csv
-import io
-import json
-import re
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
-__all__ = ["add_arguments", "run", "dissect_checkpoints", "load_segmenter_spec", "CommandError"]
+import torch
+from tqdm.auto import tqdm
+
+from gan_monitor.cli.options import (
+    add_iou_argument,
+    add_threshold_argument,
+    checked,
+    dissection_options,
+)
+from gan_monitor.core import launch
+from gan_monitor.core.checkpoints import load_generator
+from gan_monitor.core.distributed import SingleProcess, run_phase
+from gan_monitor.core.errors import (
+    CheckpointError,
+    CommandError,
+    RankFailure,
+    UsageError,
+)
+from gan_monitor.core.inputs import make_inputs
+from gan_monitor.core.tracing import layer_names
+from gan_monitor.core.validation import positive_float, positive_int
+from gan_monitor.dissection.options import DissectionOptions
+from gan_monitor.dissection.pipeline import dissect
+from gan_monitor.report import pictures
+from gan_monitor.report.store import (
+    TENSORBOARD,
+    CheckpointEntry,
+    OutputFolder,
+    save_image,
+    summary_rows,
+)
+from gan_monitor.report.tensorboard import DissectionWriter
+from gan_monitor.report.unit_examples import top_unit_examples
+from gan_monitor.segmenters import specs as segmenter_specs
+
+__all__ = ["add_arguments", "run", "dissect_checkpoints", "load_segmenter_spec"]
+
+# The TensorBoard unit grid: the best GRID_UNITS units of a layer, GRID_IMAGES images each
+# (the DissectionMonitor's defaults).
+GRID_UNITS, GRID_IMAGES = 8, 5
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -48,8 +81,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", "--samples", dest="n", type=int, default=1000,
                    help="held-out samples (default 1000; under torchrun write --samples: torchrun takes --n for itself)")
     p.add_argument("--seed", type=int, default=0, help="seed of the held-out latents (default 0)")
-    p.add_argument("--threshold", choices=("quantile", "iqr"), default="quantile",
-                   help="threshold mode (default quantile)")
+    add_threshold_argument(p)
+    add_iou_argument(p)
     p.add_argument("--cutoff", type=float, default=0.05, help="IoU from which a unit is interpretable")
     p.add_argument("--segmenter", default="toyworld",
                    help="'toyworld' (shipped toy segmenter), 'color' (basic colour terms), 'ade20k:PATH_OR_HUB_ID' "
@@ -72,74 +105,44 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def load_segmenter_spec(spec: str, device: str = "cpu"):
     """A --segmenter spec -> a segmenter on ``device`` (forms: gan_monitor.segmenters.specs)."""
-    from gan_monitor.segmenters import specs as segmenter_specs
-
     try:
         return segmenter_specs.load_segmenter_spec(spec, device)
     except (ValueError, ImportError, OSError) as err:
         raise CommandError(f"--segmenter {spec}: {err}") from err
 
 
-def _folder_name(path: Path, used: set[str]) -> str:
-    base = re.sub(r"[^A-Za-z0-9_.=-]+", "_", path.stem) or "checkpoint"
-    name, i = base, 1
-    while name in used:
-        i += 1
-        name = f"{base}_{i}"
-    used.add(name)
-    return name
-
-
-def _write_unit_pictures(generator, inputs, result, folder: Path, images: int, device) -> dict[str, Any]:
-    """One PNG per unit (top images, mask outlined) under ``folder/units/<layer>/``."""
-    from gan_monitor.report import pictures as visualize
-    from gan_monitor.report.unit_examples import top_unit_examples
-
-    index: dict[str, Any] = {}
+def _write_outputs(store: OutputFolder, entry: CheckpointEntry, generator, result, options: DissectionOptions,
+                   n: int, seed: int, device, writer: DissectionWriter, logger) -> None:
+    """dissection.json, one PNG per unit (its top images, mask outlined) and the TensorBoard
+    events of one checkpoint; each unit's top images are generated once for both."""
+    store.write_dissection(entry, result)
+    inputs = make_inputs(generator, n, seed)
+    grid_examples = {}
     for layer, ld in result.items():
-        sub = folder / "units" / re.sub(r"[^A-Za-z0-9_.-]+", "_", layer)
-        sub.mkdir(parents=True, exist_ok=True)
-        cutoff = ld.settings.get("cutoff")
-        labels = ld.labels
-        for u, imgs, masks in top_unit_examples(generator, inputs, ld, list(range(ld.num_units)), images,
-                                                device=device):
-            caption = visualize.unit_caption(u, labels[u], float(ld.unit_iou[u]), cutoff)
-            visualize.unit_row(imgs, masks, caption).save(sub / f"unit_{u}.png")
-        index[layer] = sub.relative_to(folder).as_posix()
-    return index
-
-
-def summary_rows(name: str, step: int | None, result) -> list[dict[str, Any]]:
-    rows = []
-    for layer, ld in result.items():
-        s = ld.summary
-        row = {"checkpoint": name, "step": "" if step is None else step, "layer": layer, "units": s["units"],
-               "interpretable_units": s["interpretable_units"], "concept_diversity": s["concept_diversity"],
-               "mean_iou": round(s["mean_iou"], 4)}
-        row.update({f"units_{cat}": n for cat, n in s["per_category"].items()})
-        rows.append(row)
-    return rows
+        examples = top_unit_examples(generator, inputs, ld, list(range(ld.num_units)), options.topk, device=device)
+        cutoff, labels = ld.settings.get("cutoff"), ld.labels
+        for unit, images, masks in examples:
+            caption = pictures.unit_caption(unit, labels[unit], float(ld.unit_iou[unit]), cutoff)
+            save_image(store.unit_picture_path(entry, layer, unit), pictures.unit_row(images, masks, caption))
+        by_unit = {unit: (images, masks) for unit, images, masks in examples}
+        grid_examples[layer] = [(u, by_unit[u][0][:GRID_IMAGES], by_unit[u][1][:GRID_IMAGES])
+                                for u in ld.ranked_units(only_interpretable=False)[:GRID_UNITS]]
+    writer.write([logger], result, int(entry.x), grid_examples)
 
 
 def dissect_checkpoints(checkpoints: Sequence[Path], layers: Sequence[str], out: Path, *,
                         module: str = "gan_monitor.toyworld.gan:ToyGAN", generator_factory=None,
                         generator_attr: str = "generator", n: int = 1000, seed: int = 0,
-                        threshold: str = "quantile", cutoff: float = 0.05, segmenter: str = "toyworld",
-                        device: str = "cpu", batch_size: int = 32, images: int = 5, trust: bool = False,
-                        progress: bool = True, echo=print, comm=None) -> dict[str, Any]:
-    """Dissect each checkpoint; write JSON, pictures, TensorBoard events, summary.csv, timeline.json.
+                        threshold: Any = "quantile", iou: str = "plain", cutoff: float = 0.05,
+                        segmenter: str = "toyworld", device: str = "cpu", batch_size: int = 32, images: int = 5,
+                        trust: bool = False, progress: bool = True, echo: Callable[[str], Any] = print,
+                        comm=None) -> dict[str, Any]:
+    """Dissect each checkpoint; write JSON, pictures, TensorBoard events, summary.csv, timeline.json
+    (the layout of :mod:`gan_monitor.report.store`).
 
     ``comm``: a ``gan_monitor.core.distributed`` communicator; every rank dissects its share of
     the held-out samples and rank 0 writes the outputs (the same as one process)."""
-    from tqdm.auto import tqdm
-
-    from gan_monitor.core.checkpoints import CheckpointError, load_generator
-    from gan_monitor.dissection.pipeline import dissect
-    from gan_monitor.core.distributed import RankFailure, SingleProcess, run_phase
-    from gan_monitor.core.inputs import make_inputs
-    from gan_monitor.report.tensorboard import DissectionWriter
-    from gan_monitor.core.tracing import layer_names
-
+    options = DissectionOptions(threshold=threshold, iou=iou, cutoff=cutoff, topk=images, batch_size=batch_size)
     comm = comm if comm is not None else SingleProcess()
     lead = comm.rank == 0
 
@@ -156,65 +159,50 @@ def dissect_checkpoints(checkpoints: Sequence[Path], layers: Sequence[str], out:
                                    f"available: {', '.join(layer_names(item.generator))}.")
         return loaded, load_segmenter_spec(segmenter, device)
 
-    loaded, seg = _unwrapped(run_phase, comm, "loading", load)
+    loaded, seg = _unwrapped(comm, "loading", load)
     # a timeline is ordered by training step; plain state dicts keep their command-line order
     order = sorted(range(len(loaded)), key=lambda i: (loaded[i].step is None, loaded[i].step or 0, i))
-    logger, writer = None, DissectionWriter(top_units=8)
+    store, writer, logger = OutputFolder(out), DissectionWriter(top_units=GRID_UNITS), None
     if lead:
         out.mkdir(parents=True, exist_ok=True)
+        # Lightning takes seconds to import; only this command needs it (for its TensorBoardLogger)
         from lightning.pytorch.loggers import TensorBoardLogger
 
-        logger = TensorBoardLogger(str(out), name="tensorboard", version="", default_hp_metric=False)
-    used: set[str] = set()
+        logger = TensorBoardLogger(str(out), name=TENSORBOARD, version="", default_hp_metric=False)
     entries, rows = [], []
-    for rank, i in enumerate(tqdm(order, desc="checkpoints", disable=not progress or len(order) < 2 or not lead)):
+    for position, i in enumerate(tqdm(order, desc="checkpoints", disable=not progress or len(order) < 2 or not lead)):
         item = loaded[i]
-        name = _folder_name(item.path, used)
-        folder = out / name
+        entry = store.new_entry(item.path, step=item.step, x=item.step if item.step is not None else position)
         try:
-            result = dissect(item.generator, list(layers), seg, n=n, seed=seed, threshold=threshold,
-                             cutoff=cutoff, batch_size=batch_size, device=device, topk=max(1, images),
-                             progress=progress, distributed=comm)
+            result = dissect(item.generator, list(layers), seg, n=n, seed=seed, threshold=options.threshold,
+                             iou=options.iou, cutoff=options.cutoff, batch_size=options.batch_size, device=device,
+                             topk=options.topk, progress=progress, distributed=comm)
         except (KeyError, ValueError, TypeError, RankFailure) as err:
             raise CommandError(f"{item.path}: {str(err).strip()}") from err
         result.settings["checkpoint"] = str(item.path)
         result.settings["step"] = item.step
-        step = item.step if item.step is not None else rank
 
         def write():
-            if not lead:
-                return {}
-            folder.mkdir(parents=True, exist_ok=True)
-            result.to_json(folder / "dissection.json")
-            inputs = make_inputs(item.generator, n, seed)
-            pictures = _write_unit_pictures(item.generator, inputs, result, folder, images, device)
-            examples = {layer: _top_examples(item.generator, inputs, ld, device) for layer, ld in result.items()}
-            writer.write([logger], result, step, examples)
-            return pictures
+            if lead:
+                _write_outputs(store, entry, item.generator, result, options, n, seed, device, writer, logger)
 
-        pictures = _unwrapped(run_phase, comm, "writing", write)
-        entries.append({"name": name, "checkpoint": str(item.path), "step": item.step, "x": step,
-                        "json": f"{name}/dissection.json", "unit_pictures": {k: f"{name}/{v}" for k, v in pictures.items()}})
-        rows.extend(summary_rows(name, item.step, result))
+        _unwrapped(comm, "writing", write)
+        entries.append(entry)
+        rows.extend(summary_rows(result, entry.name, item.step))
     if lead:
         logger.experiment.close()
-        with open(out / "timeline.json", "w", encoding="utf-8") as f:
-            json.dump({"layers": list(layers), "checkpoints": entries,
-                       "settings": {"n": n, "seed": seed, "threshold": threshold, "cutoff": cutoff,
-                                    "segmenter": segmenter, "module": module, "generator_factory": generator_factory}},
-                      f, indent=1)
-        table = _csv(rows)
-        (out / "summary.csv").write_text(table, encoding="utf-8")
+        store.write_timeline(layers, entries, {
+            "n": n, "seed": seed, "threshold": options.threshold.name, "iou": options.iou, "cutoff": options.cutoff,
+            "segmenter": segmenter, "module": module, "generator_factory": generator_factory})
+        table = store.write_summary(rows)
         echo(table.rstrip())
-        echo(f"wrote {len(entries)} dissection(s) to {out}; TensorBoard: tensorboard --logdir {out / 'tensorboard'}; "
+        echo(f"wrote {len(entries)} dissection(s) to {out}; TensorBoard: tensorboard --logdir {out / TENSORBOARD}; "
              f"HTML: gan-monitor report {out}")
-    return {"out": str(out), "checkpoints": entries, "rows": rows}
+    return {"out": str(out), "checkpoints": [e.to_dict() for e in entries], "rows": rows}
 
 
-def _unwrapped(run_phase, comm, what, work):
+def _unwrapped(comm, what: str, work):
     """``run_phase``, turning a failure into a one-line ``CommandError``."""
-    from gan_monitor.core.distributed import RankFailure
-
     try:
         return run_phase(comm, what, work)
     except RankFailure as err:
@@ -233,47 +221,22 @@ def _dissect_rank(comm, device, checkpoints, layers, out, options):
     return 0, ""
 
 
-def _top_examples(generator, inputs, ld, device):
-    from gan_monitor.report.unit_examples import top_unit_examples
-
-    return top_unit_examples(generator, inputs, ld, 8, 5, device=device)
-
-
-def _csv(rows: list[dict[str, Any]]) -> str:
-    fields: list[str] = []
-    for row in rows:
-        fields.extend(k for k in row if k not in fields)
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=fields, restval=0, lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    return buf.getvalue()
-
-
 def run(args: argparse.Namespace) -> int:
-    from gan_monitor.cli.main import UsageError
-
-    for name in ("n", "batch_size", "images"):
-        if getattr(args, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}.")
+    checked("--n", positive_int, args.n)
+    options = dissection_options(threshold=args.threshold, iou=args.iou, cutoff=args.cutoff, topk=args.images,
+                                 batch_size=args.batch_size)
     layers = [s.strip() for s in args.layers.split(",") if s.strip()]
     if not layers:
         raise UsageError("--layers needs at least one layer name, e.g. --layers layer2,layer3.")
-    if args.devices < 1:
-        raise UsageError(f"--devices must be a positive number of processes, got {args.devices}.")
-    if args.timeout <= 0:
-        raise UsageError(f"--timeout must be a positive number of seconds, got {args.timeout}.")
-    options = dict(module=args.module, generator_factory=args.generator_factory, generator_attr=args.generator_attr,
-                   n=args.n, seed=args.seed, threshold=args.threshold, cutoff=args.cutoff, segmenter=args.segmenter,
-                   batch_size=args.batch_size, images=args.images, trust=args.trust_checkpoint,
-                   progress=not args.no_progress)
+    checked("--devices", positive_int, args.devices)
+    checked("--timeout", positive_float, args.timeout)
+    settings = dict(module=args.module, generator_factory=args.generator_factory, generator_attr=args.generator_attr,
+                    n=args.n, seed=args.seed, threshold=options.threshold.name, iou=options.iou,
+                    cutoff=options.cutoff, segmenter=args.segmenter, batch_size=options.batch_size,
+                    images=options.topk, trust=args.trust_checkpoint, progress=not args.no_progress)
     try:
-        import torch
-
-        from gan_monitor.core import launch
-
         torch.device(args.device)
-        work = (args.checkpoints, layers, args.out, options)
+        work = (args.checkpoints, layers, args.out, settings)
         if launch.torchrun_world_size() > 1:  # started by torchrun: this process is one rank
             status, message = launch.join_torchrun(_dissect_rank, args.device, args=work, timeout=args.timeout)
         elif args.devices > 1:
@@ -281,7 +244,7 @@ def run(args: argparse.Namespace) -> int:
                                            timeout=args.timeout)[0]
         else:
             status, message = 0, ""
-            dissect_checkpoints(args.checkpoints, layers, args.out, device=args.device, **options)
+            dissect_checkpoints(args.checkpoints, layers, args.out, device=args.device, **settings)
         if status:
             raise CommandError(message)
     except Exception as err:

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from torch import nn
 
 from gan_monitor.core.errors import CheckpointError
-from torch import nn
 
 __all__ = ["CheckpointError", "LoadedGenerator", "import_object", "read_checkpoint", "load_generator"]
 

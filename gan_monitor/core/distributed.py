@@ -12,6 +12,11 @@ every rank must make in the same order (never inside code that only some ranks r
 :class:`SingleProcess` is the trivial one-process version (no communication at all);
 :class:`TorchDistributed` runs over an initialised ``torch.distributed`` process
 group: gloo on CPU, nccl on GPU (tensors are moved to the backend's device and back).
+Its ``gather`` pads uneven shapes itself instead of calling torchmetrics'
+``gather_all_tensors``: one small header collective (dtype, dimensions, shape) both sizes
+the padding and checks that the ranks agree (a clear error instead of a hang or garbage
+when they do not), then one collective moves the data; ``gather_all_tensors`` would add
+a barrier and a size gather and cannot tell a dtype or dimension mismatch.
 
 :func:`run_phase` runs one rank's local work and then votes, so an exception on one
 rank never makes it skip the next collective: if any rank failed, every rank raises
@@ -26,11 +31,13 @@ import contextlib
 from typing import Any, Callable, Protocol, runtime_checkable
 
 import torch
+import torch.distributed as dist
 
 from gan_monitor.core.errors import RankFailure
 
 __all__ = ["Communicator", "SingleProcess", "TorchDistributed", "RankFailure", "current", "resolve",
-           "run_phase", "rank_zero_buffers", "check_identical", "fingerprint"]
+           "run_phase", "rank_zero_buffers", "check_identical", "fingerprint", "sum_states", "merge_top_samples",
+           "ordered_keys", "keys_to_values", "select_across"]
 
 _MAX_DIMS = 8
 
@@ -88,8 +95,6 @@ class TorchDistributed:
     """
 
     def __init__(self, group=None):
-        import torch.distributed as dist
-
         if not (dist.is_available() and dist.is_initialized()):
             raise RuntimeError("torch.distributed is not initialised: call torch.distributed.init_process_group "
                                "first (Lightning does it for strategy='ddp'), or use SingleProcess().")
@@ -163,8 +168,6 @@ _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.in
 def current(group=None) -> SingleProcess | TorchDistributed:
     """:class:`TorchDistributed` when ``torch.distributed`` is initialised with more
     than one rank, else :class:`SingleProcess`."""
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1:
         return TorchDistributed(group)
     return SingleProcess()
@@ -250,7 +253,7 @@ def sum_states(metrics, comm: Communicator) -> None:
 
 
 def merge_top_samples(samples: dict, comm: Communicator) -> None:
-    """Merge every rank's ``tallies.TopSamples`` (one per layer, in ``samples``' order)
+    """Merge every rank's ``top_samples.TopSamples`` (one per layer, in ``samples``' order)
     in place: two gathers for all layers."""
     if comm.world_size == 1 or not samples:
         return

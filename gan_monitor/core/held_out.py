@@ -15,6 +15,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from gan_monitor.core.inputs import make_inputs
+
 __all__ = ["HeldOutSample", "checksum"]
 
 
@@ -55,8 +57,6 @@ class HeldOutSample:
 
     def inputs(self, generator: nn.Module, device: torch.device | str) -> Any:
         """The inputs on ``device``, drawn on first use (and again on another device)."""
-        from gan_monitor.core.inputs import make_inputs
-
         device = torch.device(device)
         if self._inputs is None or self._device != device:
             self._inputs = make_inputs(generator, self.n, self.seed, input_fn=self.input_fn, device=device)

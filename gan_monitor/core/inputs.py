@@ -14,6 +14,8 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
+from gan_monitor.core.validation import positive_int
+
 __all__ = ["infer_latent_shape", "default_input_fn", "make_inputs", "num_samples", "index_inputs",
            "slice_inputs", "move_inputs", "call_generator", "iterate_batches"]
 
@@ -142,8 +144,7 @@ def call_generator(generator: Callable, batch: Any) -> Any:
 
 def iterate_batches(inputs: Any, batch_size: int, device=None) -> Iterator[tuple[int, Any]]:
     """Yield ``(start index, batch)`` over the inputs, moved to ``device``."""
-    if int(batch_size) < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}.")
+    batch_size = positive_int("batch_size", batch_size)
     n = num_samples(inputs)
-    for start in range(0, n, int(batch_size)):
-        yield start, move_inputs(slice_inputs(inputs, start, min(n, start + int(batch_size))), device)
+    for start in range(0, n, batch_size):
+        yield start, move_inputs(slice_inputs(inputs, start, min(n, start + batch_size)), device)

@@ -18,7 +18,10 @@ import socket
 from typing import Any, Callable
 
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
+from gan_monitor.core.distributed import TorchDistributed
 from gan_monitor.core.errors import LaunchError
 
 __all__ = ["spawn", "torchrun_world_size", "join_torchrun", "LaunchError"]
@@ -43,14 +46,10 @@ def _rank_device(device: str, local_rank: int) -> torch.device:
 
 
 def _run(fn, device, args):
-    from gan_monitor.core.distributed import TorchDistributed
-
     return fn(TorchDistributed(), device, *args)
 
 
 def _worker(index, fn, world, device, port, timeout, threads, queue, args):
-    import torch.distributed as dist
-
     if threads:
         torch.set_num_threads(threads)
     dev = _rank_device(device, index)
@@ -68,8 +67,6 @@ def spawn(fn: Callable, devices: int, device: str = "cpu", *, args: tuple = (), 
     """``fn(comm, device, *args)`` on ``devices`` new local processes; each rank's return
     value, in rank order. Raises :class:`LaunchError` (the lowest failing rank's error)
     if a rank raised or died. ``fn`` must be importable (a module-level function)."""
-    import torch.multiprocessing as mp
-
     devices = int(devices)
     if devices < 1:
         raise ValueError(f"devices must be a positive number of processes, got {devices}.")
@@ -108,8 +105,6 @@ def torchrun_world_size() -> int:
 
 def join_torchrun(fn: Callable, device: str = "cpu", *, args: tuple = (), timeout: float = 1800.0) -> Any:
     """Join the ``env://`` group ``torchrun`` set up and run ``fn(comm, device, *args)`` here."""
-    import torch.distributed as dist
-
     dev = _rank_device(device, int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(_backend(dev), init_method="env://", timeout=datetime.timedelta(seconds=timeout))
     try:

@@ -8,11 +8,11 @@ hooks on exit, also when the forward pass raises::
         images = generator(z)
     feats = trace["layer4"]                     # [N, units, h, w]
 
-    # Ablate units 3 and 7 of layer4 everywhere (paper Eq. 3, METHOD.md 2):
+    # Ablate units 3 and 7 of layer4 everywhere (paper Eq. 3, docs/method.md §6):
     with Edit(generator, "layer4", units=[3, 7]):
         ablated = generator(z)
 
-The edit rule (METHOD.md 2) is ``r' = r * (1 - a*m) + k * (a*m)`` with ``a`` a
+The edit rule (docs/method.md §6) is ``r' = r * (1 - a*m) + k * (a*m)`` with ``a`` a
 per-unit coefficient in [0, 1], ``m`` a spatial mask in [0, 1] at featuremap
 resolution and ``k`` the value forced (0 ablates; a per-unit mean activation inserts).
 """
@@ -24,8 +24,8 @@ from typing import Any, Iterable, Iterator, Sequence
 import torch
 from torch import nn
 
-__all__ = ["layer_names", "resolve_layer", "module_device", "eval_mode", "Trace", "Edit", "StopForward"]
-
+__all__ = ["layer_names", "resolve_layer", "as_layer_list", "check_featuremap", "module_device", "eval_mode", "Trace",
+           "Edit", "StopForward"]
 
 
 def module_device(module: Any, default: Any = torch.device("cpu")) -> Any:
@@ -74,7 +74,8 @@ def resolve_layer(model: nn.Module, name: str) -> nn.Module:
     )
 
 
-def _as_layer_list(layers: str | Iterable[str]) -> list[str]:
+def as_layer_list(layers: str | Iterable[str]) -> list[str]:
+    """``layers`` (one dotted name or several) as a list of distinct names."""
     names = [layers] if isinstance(layers, str) else list(layers)
     if not names:
         raise ValueError("give at least one layer name.")
@@ -114,12 +115,23 @@ class Trace:
 
     ``trace[layer]`` is the output of the latest forward pass; ``trace.outputs``
     is the dict of all of them.
+
+    >>> import torch
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Conv2d(1, 2, kernel_size=1), nn.ReLU())
+    >>> _ = nn.init.constant_(net[0].weight, 2.0), nn.init.zeros_(net[0].bias)
+    >>> with Trace(net, "0") as trace:
+    ...     image = net(torch.tensor([[[[1.0, -1.0]]]]))  # [1, 1, 1, 2]
+    >>> trace["0"].flatten().tolist()  # the convolution's output, before the ReLU
+    [2.0, -2.0, 2.0, -2.0]
+    >>> image.flatten().tolist()
+    [2.0, 0.0, 2.0, 0.0]
     """
 
     def __init__(self, model: nn.Module, layers: str | Iterable[str], *, detach: bool = False,
                  require_featuremap: bool = False, stop: bool = False):
         self.model = model
-        self.layers = _as_layer_list(layers)
+        self.layers = as_layer_list(layers)
         self.modules = {name: resolve_layer(model, name) for name in self.layers}
         self.detach = detach
         self.require_featuremap = require_featuremap
@@ -212,6 +224,23 @@ class Edit:
 
     The attributes ``coefficients``, ``mask`` and ``value`` may be changed between
     forward passes.
+
+    >>> import torch
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Conv2d(1, 2, kernel_size=1), nn.ReLU())
+    >>> _ = nn.init.constant_(net[0].weight, 2.0), nn.init.zeros_(net[0].bias)
+    >>> x = torch.tensor([[[[1.0, 3.0]]]])  # [1, 1, 1, 2]: unit outputs 2 and 6
+    >>> with Edit(net, "0", units=[1]):  # ablate unit 1
+    ...     net(x).flatten().tolist()
+    [2.0, 6.0, 0.0, 0.0]
+    >>> with Edit(net, "0", units=[0], value=5.0, mask=torch.tensor([[1.0, 0.0]])):  # force unit 0 to 5, left only
+    ...     net(x).flatten().tolist()
+    [5.0, 6.0, 2.0, 6.0]
+    >>> with Edit(net, "0", coefficients=torch.tensor([0.5, 0.0])):  # halfway to 0 for unit 0
+    ...     net(x).flatten().tolist()
+    [1.0, 3.0, 2.0, 6.0]
+    >>> net(x).flatten().tolist()  # the hook is gone after the block
+    [2.0, 6.0, 2.0, 6.0]
     """
 
     def __init__(self, model: nn.Module, layer: str, *, units: Sequence[int] | None = None,

@@ -20,7 +20,7 @@ def summarize(
     concepts: list[str],
     categories: list[str],
 ) -> dict[str, Any]:
-    """Per-layer summary (METHOD.md 1.5) from per-unit arrays.
+    """Per-layer summary (docs/method.md §5) from per-unit arrays.
 
     ``per_category`` counts interpretable units by their label's category;
     ``units_per_concept`` counts interpretable units per label, most frequent first.

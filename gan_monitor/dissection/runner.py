@@ -1,28 +1,50 @@
 """Running the generator and the segmenter over held-out inputs for ``dissect``: in
 batches, over this process's shard (samples ``rank::world_size``), with checks of
-what comes back (segmentation sizes, unlabelled images, NaN/inf activations)."""
+what comes back (segmentation sizes, unlabelled images, NaN/inf activations).
+
+Every pass of a dissection (the quantile pass, the iqr sample, the iqr tally pass)
+iterates ``BatchRunner.batches``, which yields ``(start, activations, labels)``:
+``start`` the batch's first index in this rank's shard, ``activations`` the traced
+featuremaps ``{layer: [B, U, h, w]}`` and ``labels`` the checked segmentation
+``[B, D, H, W]`` on the featuremaps' device.
+"""
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from tqdm.auto import tqdm
 
 from gan_monitor.core.inputs import call_generator, index_inputs, iterate_batches, num_samples
-from gan_monitor.segmenters.base import validate_segmentation
 from gan_monitor.core.tracing import Trace
+from gan_monitor.segmenters.base import validate_segmentation
 
-__all__ = ["Sampler", "compact_labels"]
+__all__ = ["BatchRunner", "compact_labels"]
 
 
-class Sampler:
-    """Runs generator + segmenter over inputs in batches and checks what comes back."""
+class BatchRunner:
+    """Runs the generator (traced at ``layers``) and the segmenter over this rank's shard
+    of the held-out inputs, ``batch_size`` samples at a time, and checks what comes back.
 
-    def __init__(self, generator, segmenter, layers, batch_size, device, progress, comm):
+    Args:
+        generator, segmenter, layers: what to run and which featuremaps to record.
+        batch_size, device, progress: batching, where inputs go, tqdm bars (rank 0 only).
+        comm: a ``gan_monitor.core.distributed`` communicator (which shard is this rank's).
+        unit_check: called once, at the first batch, with ``{layer: number of units}``
+            (e.g. to check per-unit arguments against the layers' sizes before any work).
+
+    After the first batch, ``size`` is the segmentation size ``(H, W)`` (the same for every
+    batch, checked) and ``units`` the number of units of each layer.
+    """
+
+    def __init__(self, generator, segmenter, layers, batch_size, device, progress, comm,
+                 unit_check: Callable[[dict[str, int]], None] | None = None):
         self.generator, self.segmenter, self.layers = generator, segmenter, layers
         self.batch_size, self.device, self.progress, self.comm = batch_size, device, progress, comm
+        self.unit_check = unit_check
         self.n_concepts = len(segmenter.concepts)
         self.size: tuple[int, int] | None = None
+        self.units: dict[str, int] | None = None
         self.ids: torch.Tensor | None = None  # global sample index of each local sample
 
     def shard(self, inputs) -> tuple[Any, torch.Tensor]:
@@ -31,6 +53,7 @@ class Sampler:
         return (inputs if self.comm.world_size == 1 else index_inputs(inputs, ids)), ids
 
     def global_ids(self, start: int, b: int, device) -> torch.Tensor:
+        """Global sample indices of the ``b`` shard samples from ``start``."""
         return self.ids[start:start + b].to(device)
 
     def batches(self, inputs, desc: str) -> Iterable[tuple[int, dict[str, torch.Tensor], torch.Tensor]]:
@@ -65,6 +88,10 @@ class Sampler:
                 "dissection needs labelled pixels in every image. Check that the segmenter fits these images "
                 "(value range [-1, 1], concept list) or leave such inputs out."
             )
+        if self.units is None:
+            self.units = {name: int(a.shape[1]) for name, a in acts.items()}
+            if self.unit_check is not None:
+                self.unit_check(self.units)
         for name, a in acts.items():
             if a.shape[0] != seg.shape[0]:
                 raise ValueError(f"layer {name!r} produced {a.shape[0]} featuremaps for {seg.shape[0]} images.")
@@ -79,4 +106,5 @@ class Sampler:
 
 
 def compact_labels(seg: torch.Tensor, n_concepts: int) -> torch.Tensor:
+    """Label maps in the smallest integer type that holds them (uint8 up to 256 concepts), for caching."""
     return seg.to(torch.uint8 if n_concepts <= 256 else torch.int32)

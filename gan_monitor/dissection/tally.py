@@ -1,4 +1,4 @@
-"""Counting agreement between thresholded units and segmentations (METHOD.md 1.1-1.3).
+"""Counting agreement between thresholded units and segmentations (docs/method.md §4).
 
 Everything here is an integer count that adds up across batches and processes:
 ``LayerTally`` is a torchmetrics ``Metric`` whose states all reduce with
@@ -20,19 +20,15 @@ from typing import Sequence
 import torch
 from torchmetrics import Metric
 
+from gan_monitor.core.validation import choice
+from gan_monitor.dissection.options import IOU_VARIANTS
 from gan_monitor.dissection.upsample import upsample
 
-__all__ = ["upsample", "interpolation_matrix", "EncodedSegmentation", "encode_segmentation",
-           "category_index", "concept_presence", "dedupe_labels", "LayerTally", "TopSamples", "image_chunks"]
+__all__ = ["EncodedSegmentation", "encode_segmentation", "category_index", "concept_presence", "dedupe_labels",
+           "LayerTally", "image_chunks", "CHUNK_ELEMENTS"]
 
 # Largest number of upsampled activations materialised at once (64 MiB of float32).
 CHUNK_ELEMENTS = 1 << 24
-
-
-
-
-
-
 
 
 def image_chunks(n_images: int, per_image: int, limit: int = CHUNK_ELEMENTS):
@@ -137,7 +133,7 @@ class LayerTally(Metric):
 
     ``update(acts, seg)`` takes raw featuremaps ``[B, U, h, w]`` and a segmentation
     (long ``[B, (D,) H, W]`` or an ``EncodedSegmentation``); ``iou(variant)`` gives
-    the ``[U, C]`` IoU, ``variant`` = ``"plain"`` or ``"category"`` (METHOD.md 1.3).
+    the ``[U, C]`` IoU, ``variant`` = ``"plain"`` or ``"category"`` (docs/method.md §4).
     """
 
     full_state_update = False
@@ -235,13 +231,11 @@ class LayerTally(Metric):
     def union(self, variant: str = "plain") -> torch.Tensor:
         """``[U, C]`` union counts; ``category`` counts a unit's pixels only in images
         that show some concept of the concept's category (2019 reference code)."""
-        if variant == "plain":
+        if choice("iou", variant, IOU_VARIANTS) == "plain":
             active = self.active[:, None].expand(-1, self.n_concepts)
-        elif variant == "category":
+        else:
             index = self.concept_category.clamp(min=0).to(self.active_in_category.device)
             active = self.active_in_category[:, index]
-        else:
-            raise ValueError(f"iou variant must be 'plain' or 'category', got {variant!r}.")
         return active + self.label_pixels[None, :] - self.intersection
 
     def iou(self, variant: str = "plain") -> torch.Tensor:

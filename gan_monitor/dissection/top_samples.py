@@ -5,6 +5,7 @@ import torch
 
 __all__ = ["TopSamples"]
 
+
 class TopSamples:
     """Each unit's ``k`` top-activating samples, ranked by the unit's max activation.
 

@@ -1,4 +1,4 @@
-"""Bilinear upsampling of featuremaps to the segmentation's size (method.md, section 1.1).
+"""Bilinear upsampling of featuremaps to the segmentation's size (docs/method.md §2).
 
 >>> import torch
 >>> x = torch.tensor([[[[0.0, 1.0]]]])
@@ -12,6 +12,7 @@ from functools import lru_cache
 import torch
 
 __all__ = ["upsample", "interpolation_matrix"]
+
 
 @lru_cache(maxsize=64)
 def _matrix_cpu(n_in: int, n_out: int) -> torch.Tensor:
@@ -37,7 +38,7 @@ def interpolation_matrix(n_in: int, n_out: int, dtype=torch.float32, device=None
 
 
 def upsample(featuremap: torch.Tensor, size) -> torch.Tensor:
-    """Bilinearly upsample ``[N, U, h, w]`` to ``[N, U, H, W]`` (METHOD.md 1.1).
+    """Bilinearly upsample ``[N, U, h, w]`` to ``[N, U, H, W]`` (docs/method.md §2).
 
     Pixel centres are aligned and borders padded by replication: the same values as
     ``F.interpolate(x, size, mode="bilinear", align_corners=False)`` up to float

@@ -1,6 +1,6 @@
-"""Bilinear upsampling block by block, bit-identical to ``tallies.upsample``.
+"""Bilinear upsampling block by block, bit-identical to ``upsample.upsample``.
 
-``quantile_tally.collect`` upsamples only the output blocks that can hold a pixel
+``thresholds.quantile.collect_above_floors`` upsamples only the output blocks that can hold a pixel
 above a level. A block (``AxisBlocks``) is a rectangle of output pixels that all
 interpolate the same raw 2x2 neighbourhood, so ``neighbourhood_max`` bounds it.
 
@@ -24,7 +24,7 @@ __all__ = ["taps", "AxisBlocks", "neighbourhood_max", "interpolate", "pick_arith
 
 def taps(n_in: int, n_out: int, device):
     """(low index, high index, weight of high) of 1-D interpolation for each output coordinate
-    (the same rule as ``tallies.interpolation_matrix``)."""
+    (the same rule as ``upsample.interpolation_matrix``)."""
     dst = torch.arange(int(n_out), dtype=torch.float64)
     src = ((dst + 0.5) * (n_in / n_out) - 0.5).clamp(0, n_in - 1)
     lo = src.floor().long()
@@ -41,7 +41,7 @@ class AxisBlocks:
     coordinates) is split so that blocks pad little. ``index`` ``[S, G]`` lists each
     block's output coordinates (consecutive from ``first``; -1 pads), ``weights``
     ``[S, G, 2]`` their (low, high) tap weights, read from
-    ``tallies.interpolation_matrix`` (NaN for pads; a clamped coordinate whose two taps
+    ``upsample.interpolation_matrix`` (NaN for pads; a clamped coordinate whose two taps
     coincide gets (1, 0)).
     """
 
@@ -155,7 +155,7 @@ def pick_arithmetic(shape: tuple[int, int], size: tuple[int, int], ys: AxisBlock
     """Which rounding (``interpolate``) each of ``upsample``'s two matmuls uses for
     ``[h, w]`` maps upsampled to ``size`` on this machine, found by reproducing
     ``upsample`` bit for bit on seeded random maps (cached per geometry); ``None`` if no
-    choice does (``collect`` then upsamples densely)."""
+    choice does (``collect_above_floors`` then upsamples densely)."""
     device = torch.device(device)
     key = (*shape, *size, device.type)
     if key not in _ARITHMETIC:

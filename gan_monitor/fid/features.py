@@ -1,4 +1,4 @@
-"""Image features for FID (METHOD.md 3): the extractor protocol, the embedded
+"""Image features for FID (docs/method.md §7): the extractor protocol, the embedded
 default, an optional InceptionV3 wrapper, and cached statistics of real images.
 
 A *feature extractor* maps images ``[N, 3, H, W]`` in [-1, 1] to features ``[N, d]``
@@ -39,6 +39,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from gan_monitor.core.tracing import module_device
+from gan_monitor.toyworld.scenes import render_scenes
+from gan_monitor.toyworld.segmenter import load_segmenter
 
 __all__ = ["FeatureExtractor", "ModuleFeatures", "ToySceneFeatures", "InceptionFeatures", "as_extractor",
            "extract_features", "RealStats", "toy_real_stats"]
@@ -85,8 +87,6 @@ class ToySceneFeatures(nn.Module):
             raise ValueError(f"size must be a multiple of 8 (the segmenter pools 3 times), got {size}.")
         self.size = int(size)
         if segmenter is None:
-            from gan_monitor.toyworld.segmenter import load_segmenter
-
             segmenter = load_segmenter()
         self.net = segmenter.net
         self.net.requires_grad_(False)
@@ -316,8 +316,6 @@ def toy_real_stats(n: int = 2000, *, seed: int = 12345, size: int = 64, extracto
                    cache: str | Path | None = None, device=None) -> RealStats:
     """Real statistics of ``n`` procedural toy scenes (``render_scenes(n, seed=seed, size=size)``),
     cached at ``cache`` when given."""
-    from gan_monitor.toyworld.scenes import render_scenes
-
     source = f"toy scenes n={n} seed={seed} size={size}"
 
     def images():

@@ -1,5 +1,5 @@
 """Fréchet distances between Gaussians fitted to features, batched over units
-(the numerical core of per-unit FID, METHOD.md 3).
+(the numerical core of per-unit FID, docs/method.md §7).
 
     FID = |mu - mu_r|^2 + tr S + tr S_r - 2 tr sqrt(S_r^1/2 S S_r^1/2)
 

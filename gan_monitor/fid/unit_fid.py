@@ -1,4 +1,4 @@
-"""Per-unit FID and artifact units (paper S-6.1, Table 1; METHOD.md 3).
+"""Per-unit FID and artifact units (paper S-6.1, Table 1; docs/method.md §7).
 
 ``per_unit_fid`` generates a pool of ``M`` images once, extracts their features
 once, keeps each unit's ``k`` top-activating images (ranked by the unit's max
@@ -32,11 +32,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from gan_monitor.core.inputs import call_generator, iterate_batches, make_inputs, num_samples
+from gan_monitor.core.tracing import Edit, Trace, as_layer_list, eval_mode, module_device, resolve_layer
+from gan_monitor.core.validation import positive_int
+from gan_monitor.dissection.top_samples import TopSamples
 from gan_monitor.fid.features import RealStats, as_extractor, extract_features
 from gan_monitor.fid.frechet import covariance_factor, frechet_distance, sqrtm_psd, unit_frechet_distances
-from gan_monitor.core.inputs import call_generator, iterate_batches, make_inputs, num_samples
-from gan_monitor.dissection.top_samples import TopSamples
-from gan_monitor.core.tracing import Edit, Trace, _as_layer_list, eval_mode, module_device, resolve_layer
 
 __all__ = ["sqrtm_psd", "covariance_factor", "frechet_distance", "unit_frechet_distances", "UnitFID",
            "per_unit_fid", "per_unit_fid_layers", "ArtifactAblation", "artifact_ablation", "unrealistic_units"]
@@ -134,7 +135,7 @@ def per_unit_fid_layers(generator: nn.Module, layers: str | Sequence[str], *, po
                         progress: bool = False) -> dict[str, UnitFID]:
     """:func:`per_unit_fid` for several layers from one pool (one generation, one
     feature extraction): ``{layer: UnitFID}``."""
-    layers = _as_layer_list(layers)
+    layers = as_layer_list(layers)
     for name in layers:
         resolve_layer(generator, name)
     real = _check_real(real_stats)
@@ -271,8 +272,7 @@ def artifact_ablation(generator: nn.Module, layer: str, units: Sequence[int], *,
     units = [int(u) for u in units]
     if not units or len(set(units)) != len(units):
         raise ValueError(f"units must be a non-empty list of distinct unit indices, got {units}.")
-    if isinstance(n_random_draws, bool) or not isinstance(n_random_draws, int) or n_random_draws < 1:
-        raise ValueError(f"n_random_draws must be a positive integer, got {n_random_draws!r}.")
+    positive_int("n_random_draws", n_random_draws)
     drawn = inputs is None
     if drawn:
         inputs = make_inputs(generator, n, seed, input_fn)

@@ -1,4 +1,4 @@
-"""Interventions on units (paper Sec. 3.2, Eq. 3-4, S-6.4; METHOD.md 2).
+"""Interventions on units (paper Sec. 3.2, Eq. 3-4, S-6.4; docs/method.md §6).
 
 * ``insertion_values``: per concept c and unit u, the value ``k`` that inserting
   u forces: u's mean activation at featuremap locations, each location weighted by
@@ -11,7 +11,7 @@
   unit alone, with a ranking of units per concept.
 
 Everything runs in eval mode under ``torch.no_grad()`` and draws its held-out
-inputs from a seeded generator (``inputs.make_inputs``), never the global RNG.
+inputs from a seeded generator (``gan_monitor.core.inputs.make_inputs``), never the global RNG.
 """
 from __future__ import annotations
 
@@ -24,11 +24,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from gan_monitor.core.inputs import call_generator, iterate_batches, make_inputs, num_samples
-from gan_monitor.segmenters.base import validate_segmentation, validate_segmenter
 from gan_monitor.core.tracing import Edit, Trace, eval_mode, module_device, resolve_layer
+from gan_monitor.segmenters.base import validate_segmentation, validate_segmenter
 
-__all__ = ["concept_index", "concept_fractions", "insertion_values", "ace", "AceResult",
-           "single_unit_effects", "SingleUnitEffects"]
+__all__ = ["concept_index", "check_units", "check_region", "layer_shape", "prepare_edit", "presence",
+           "concept_fractions", "insertion_values", "ace", "AceResult", "single_unit_effects", "SingleUnitEffects"]
 
 
 def concept_index(segmenter, concept: str | int) -> int:
@@ -69,7 +69,7 @@ def concept_fractions(segmenter, images: torch.Tensor, concept: int) -> torch.Te
     return (seg == concept).any(1).flatten(1).float().mean(1)
 
 
-def _layer_shape(generator, layer: str, inputs, device) -> tuple[int, int, int]:
+def layer_shape(generator, layer: str, inputs, device) -> tuple[int, int, int]:
     """(units, h, w) of the layer's featuremap, from one sample."""
     one = next(iterate_batches(inputs, 1, device))[1]
     with Trace(generator, layer, detach=True, require_featuremap=True, stop=True) as trace:
@@ -87,7 +87,7 @@ def prepare_edit(generator, layer: str, units, concept, segmenter, inputs, n: in
     if inputs is None:
         inputs = make_inputs(generator, n, seed, input_fn)
     with eval_mode(generator, segmenter), torch.no_grad():
-        shape = _layer_shape(generator, layer, inputs, device)
+        shape = layer_shape(generator, layer, inputs, device)
     return c, check_units(units, shape[0], layer), inputs, shape, device
 
 
@@ -167,7 +167,9 @@ def _mean_ci(x: torch.Tensor) -> tuple[float, tuple[float, float]]:
     return mean, (mean - half, mean + half)
 
 
-def _check_region(region, shape: tuple[int, int, int], n: int) -> torch.Tensor | None:
+def check_region(region, shape: tuple[int, int, int], n: int) -> torch.Tensor | None:
+    """``region`` as a float mask ``[h, w]`` or ``[n, h, w]`` at the resolution of a layer of
+    ``shape`` ``(units, h, w)`` (``None`` stays ``None``: everywhere)."""
     if region is None:
         return None
     m = torch.as_tensor(region, dtype=torch.float32)
@@ -217,7 +219,7 @@ def ace(generator: nn.Module, layer: str, units: Sequence[int], concept: str | i
         raise ValueError(f"mode must be 'ablate' or 'insert', got {mode!r}.")
     c, units, inputs, shape, device = prepare_edit(generator, layer, units, concept, segmenter, inputs, n, seed,
                                                    input_fn, device)
-    mask = _check_region(region, shape, num_samples(inputs))
+    mask = check_region(region, shape, num_samples(inputs))
     if mode == "ablate":
         edit_args = {"units": units, "value": 0.0}
     else:
@@ -271,7 +273,7 @@ def single_unit_effects(generator: nn.Module, layer: str, *, segmenter, units: S
         inputs = make_inputs(generator, n, seed, input_fn)
     n_concepts = len(segmenter.concepts)
     with eval_mode(generator, segmenter), torch.no_grad():
-        shape = _layer_shape(generator, layer, inputs, device)
+        shape = layer_shape(generator, layer, inputs, device)
         units = check_units(range(shape[0]) if units is None else units, shape[0], layer)
         base = torch.zeros(n_concepts, dtype=torch.float64)
         after = torch.zeros(shape[0], n_concepts, dtype=torch.float64)

@@ -14,7 +14,7 @@ where it was not). Locations are sampled per image: ones where c is present in
 the output, and equally many where c is absent but appears there when every unit
 is set to ``k`` at that location alone. ``a`` starts at ``IoU_u / max_v IoU_v``, is
 optimised with Adam and clamped to [0, 1] after each step; units are ranked by
-``a``. The top-n set is then evaluated (``intervention.ace``) against the top-n IoU
+``a``. The top-n set is then evaluated (``interventions.ace.ace``) against the top-n IoU
 units and n random units (Fig. 4), by ablation, by insertion and by the ACE of
 Eq. 4, ``(E[s_c(inserted)] - E[s_c(ablated)]) / E[s_c(x)]``.
 """
@@ -28,12 +28,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from gan_monitor.core.inputs import call_generator, index_inputs, make_inputs, move_inputs, num_samples
-from gan_monitor.interventions.ace import (AceResult, _layer_shape, ace, concept_index, insertion_values, presence)
-from gan_monitor.segmenters.base import validate_segmenter
 from gan_monitor.core.tracing import Edit, eval_mode, module_device, resolve_layer
+from gan_monitor.dissection.pipeline import dissect
+from gan_monitor.interventions.ace import AceResult, ace, concept_index, insertion_values, layer_shape, presence
+from gan_monitor.segmenters.base import validate_segmenter
 
-__all__ = ["causal_units", "CausalUnits", "check_differentiable", "contextual_insertion", "ContextualInsertion",
-           "trace_effects", "TraceEffects"]
+__all__ = ["causal_units", "CausalUnits", "check_differentiable"]
 
 
 def check_differentiable(segmenter) -> None:
@@ -99,7 +99,6 @@ class CausalUnits:
 def _iou_init(generator, layer, segmenter, c, iou, dissection, inputs, batch_size, device) -> torch.Tensor:
     if iou is None:
         if dissection is None:
-            from gan_monitor.dissection.pipeline import dissect
             dissection = dissect(generator, layer, segmenter, inputs=inputs, batch_size=batch_size,
                                  device=device)
         if hasattr(dissection, "layers") or not hasattr(dissection, "iou"):
@@ -188,7 +187,7 @@ def causal_units(generator: nn.Module, layer: str, concept: str | int, *, segmen
         inputs = make_inputs(generator, n, seed, input_fn)
     n = num_samples(inputs)
     with eval_mode(generator, segmenter), torch.no_grad():
-        shape = _layer_shape(generator, layer, inputs, device)
+        shape = layer_shape(generator, layer, inputs, device)
     a0 = _iou_init(generator, layer, segmenter, c, iou, dissection, inputs, batch_size, device)
     if a0.numel() != shape[0]:
         raise ValueError(f"the IoU initialisation has {a0.numel()} entries but layer {layer!r} has {shape[0]} units.")
@@ -246,136 +245,3 @@ def causal_units(generator: nn.Module, layer: str, concept: str | int, *, segmen
                 store[name] = ace(generator, layer, units, c, segmenter=segmenter, mode=mode, inputs=held_out,
                                   values=k.cpu(), seed=seed + 2, batch_size=batch_size, device=device)
     return result
-
-
-@dataclass
-class ContextualInsertion:
-    """Result of ``contextual_insertion`` (Fig. 11).
-
-    Attributes:
-        gain: float ``[N, h, w]``: concept pixels gained (in output pixels) when the
-            units are inserted at that featuremap location alone.
-        context: long ``[N, h, w]``: the concept segmented at that location before
-            the insertion (the most frequent label in the location's output block).
-        by_context: concept name -> ``(mean gain, number of locations)``.
-    """
-
-    concept: str
-    units: list[int]
-    gain: torch.Tensor
-    context: torch.Tensor
-    by_context: dict[str, tuple[float, int]]
-
-    def mean_map(self) -> torch.Tensor:
-        """``[h, w]`` mean gain per location over the sample."""
-        return self.gain.mean(0)
-
-
-def _block_labels(labels: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    """Most frequent label of ``labels`` ``[N, H, W]`` in each block of a ``shape`` grid."""
-    n_labels = int(labels.max()) + 1
-    onehot = F.one_hot(labels, n_labels).permute(0, 3, 1, 2).float()
-    return F.adaptive_avg_pool2d(onehot, shape).argmax(1)
-
-
-def contextual_insertion(generator: nn.Module, layer: str, units, concept: str | int, *, segmenter,
-                         values: torch.Tensor | None = None, n: int = 20, seed: int = 0,
-                         input_fn: Callable | None = None, inputs: Any = None, batch_size: int = 32,
-                         device=None) -> ContextualInsertion:
-    """Insert ``units`` (set to the concept's insertion values) at one featuremap
-    location at a time and count the concept pixels gained; condition the mean
-    gain on the concept already at the location (doors appear on buildings)."""
-    from gan_monitor.interventions.ace import prepare_edit
-    c, units, inputs, shape, device = prepare_edit(generator, layer, units, concept, segmenter, inputs, n, seed,
-                                                   input_fn, device)
-    if values is None:
-        values = insertion_values(generator, layer, segmenter, n=max(num_samples(inputs), 20), seed=seed + 1,
-                                  input_fn=input_fn, batch_size=batch_size, device=device)
-    k = torch.as_tensor(values, dtype=torch.float32)
-    k = (k[c] if k.dim() == 2 else k).to(device)
-    h, w = shape[1:]
-    gains, contexts = [], []
-    with eval_mode(generator, segmenter), torch.no_grad():
-        for start in range(0, num_samples(inputs), batch_size):
-            idx = torch.arange(start, min(num_samples(inputs), start + batch_size))
-            batch = move_inputs(index_inputs(inputs, idx), device)
-            images = call_generator(generator, batch)
-            before = presence(segmenter, images)[:, c].sum((1, 2))
-            contexts.append(_block_labels(_first_label(segmenter, images), (h, w)).cpu())
-            gain = torch.zeros(len(idx), h, w)
-            for y in range(h):
-                for x in range(w):
-                    mask = torch.zeros(h, w, device=device)
-                    mask[y, x] = 1
-                    with Edit(generator, layer, units=units, value=k, mask=mask):
-                        after = presence(segmenter, call_generator(generator, batch))[:, c].sum((1, 2))
-                    gain[:, y, x] = (after - before).cpu()
-            gains.append(gain)
-    gain, context = torch.cat(gains), torch.cat(contexts)
-    names = list(segmenter.concepts)
-    by_context = {names[label]: (float(gain[context == label].mean()), int((context == label).sum()))
-                  for label in torch.unique(context).tolist()}
-    return ContextualInsertion(concept=names[c], units=units, gain=gain, context=context, by_context=by_context)
-
-
-def _first_label(segmenter, images: torch.Tensor) -> torch.Tensor:
-    """The segmenter's first (or only) label map ``[N, H, W]``."""
-    seg = segmenter.segment(images)
-    return seg if seg.dim() == 3 else seg[:, 0]
-
-
-class TraceEffects(dict):
-    """``{later layer: normalised change}`` in execution order (a plain dict), plus
-    ``maps``: ``{later layer: float [h, w]}``, the same change per featuremap location
-    (per channel, mean |edited - original| at that location over the sample divided
-    by the channel's mean |original|, averaged over channels); a layer's value is the
-    mean of its map."""
-
-    def __init__(self, changes: dict[str, float], maps: dict[str, torch.Tensor]):
-        super().__init__(changes)
-        self.maps = maps
-
-
-def trace_effects(generator: nn.Module, layer: str, units, *, value=0.0, mask=None, n: int = 20, seed: int = 0,
-                  input_fn: Callable | None = None, inputs: Any = None, device=None) -> TraceEffects:
-    """After editing ``units`` of ``layer`` (to ``value``, within ``mask`` [h, w] or
-    [n, h, w] at the layer's resolution), the change of every later featuremap layer
-    (S-6.5): per channel, mean |edited - original| divided by the channel's mean
-    |original|, averaged over channels; ``.maps`` has it per location. Ordered by
-    execution; channels that are always 0 count their raw change."""
-    from gan_monitor.interventions.ace import _check_region, check_units
-    from gan_monitor.core.tracing import Trace, layer_names
-    device = torch.device(device) if device is not None else module_device(generator)
-    if inputs is None:
-        inputs = make_inputs(generator, n, seed, input_fn)
-    batch = move_inputs(inputs, device)
-    names = layer_names(generator)
-    resolve_layer(generator, layer)
-    with eval_mode(generator), torch.no_grad():
-        with Trace(generator, names, detach=True) as trace:
-            call_generator(generator, batch)
-        original = dict(trace.outputs)
-        if layer not in original:
-            raise ValueError(f"layer {layer!r} did not run in the forward pass.")
-        shape = tuple(original[layer].shape[1:])
-        units = check_units(units, shape[0], layer)
-        region = _check_region(mask, shape, num_samples(inputs))
-        region = region.to(device) if region is not None else None
-        with Edit(generator, layer, units=units, value=value, mask=region), \
-                Trace(generator, names, detach=True) as trace:
-            call_generator(generator, batch)
-        edited = dict(trace.outputs)
-    order = list(original)
-    changes, maps = {}, {}
-    for name in order[order.index(layer) + 1:]:
-        r, r2 = original[name], edited.get(name)
-        if not (isinstance(r, torch.Tensor) and r.dim() == 4 and isinstance(r2, torch.Tensor)) or name == layer:
-            continue
-        if layer.startswith(name + ".") or name == "":
-            continue  # a container of the edited layer
-        scale = r.abs().mean((0, 2, 3))
-        diff = (r2 - r).abs().mean(0)  # [C, H, W]
-        per_channel = torch.where(scale[:, None, None] > 0, diff / scale.clamp_min(1e-12)[:, None, None], diff)
-        maps[name] = per_channel.mean(0).float().cpu()
-        changes[name] = float(maps[name].double().mean())
-    return TraceEffects(changes, maps)

@@ -4,6 +4,8 @@
   (paper Fig. 5/6/19), bars coloured by the concept's category.
 * :func:`unit_row` / :func:`top_units_grid` - a unit's top-activating images with
   the unit's thresholded mask outlined, captioned ``"unit 12 tree IoU 0.31"``.
+* :func:`units_per_category_bars` - stacked bars of interpretable units per category,
+  one bar per layer/checkpoint/model (paper Fig. 6 and 19).
 * :func:`interpretable_units_table` - a markdown table of the interpretable units.
 
 Images are returned as ``PIL.Image`` (RGB); :func:`to_chw` turns one into the
@@ -27,6 +29,7 @@ __all__ = [
     "unit_row",
     "top_units_grid",
     "units_per_concept_chart",
+    "units_per_category_bars",
     "interpretable_units_table",
     "to_chw",
 ]
@@ -96,7 +99,7 @@ def _overlay(image: np.ndarray, mask: np.ndarray, outline: np.ndarray, dim: floa
 
 def unit_row(
     images: torch.Tensor,
-    masks: torch.Tensor,
+    masks: torch.Tensor | None,
     caption: str,
     *,
     scale: int = 2,
@@ -105,7 +108,10 @@ def unit_row(
 ) -> Image.Image:
     """One row: ``images [k, 3, H, W]`` (in [-1, 1]) side by side, each with its
     boolean ``masks [k, H, W]`` outlined and the outside darkened by ``dim``, and
-    ``caption`` above. ``scale`` enlarges the pictures (nearest neighbour)."""
+    ``caption`` above (``masks=None``: plain images). ``scale`` enlarges the pictures
+    (nearest neighbour)."""
+    if masks is None:
+        masks = torch.ones(images.shape[0], *images.shape[-2:], dtype=torch.bool)
     if images.shape[0] != masks.shape[0] or tuple(images.shape[-2:]) != tuple(masks.shape[-2:]):
         raise ValueError(
             f"images {tuple(images.shape)} and masks {tuple(masks.shape)} must have the same "
@@ -196,6 +202,35 @@ def units_per_concept_chart(
         draw.rectangle([x, y + 3, x + 10, y + 13], fill=color)
         draw.text((x + 14, y + 1), cat, fill=_TEXT, font=font)
         x += 14 + _text_width(draw, cat, font) + 12
+    return img
+
+
+def units_per_category_bars(bars: Sequence[tuple[str, Mapping[str, int]]], *, bar_width: int = 360) -> Image.Image:
+    """Stacked horizontal bars (paper Fig. 6 and 19): per ``(label, {category: interpretable
+    units})`` one bar split by category, the total at its end, and a legend of the categories."""
+    categories = list(dict.fromkeys(c for _, counts in bars for c in counts))
+    font = _font(12)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    label_w = max([_text_width(probe, label, font) for label, _ in bars] + [0]) + 10
+    totals = [sum(int(n) for n in counts.values()) for _, counts in bars]
+    top = max(totals + [1])
+    height = 22 * len(bars) + 30
+    img = Image.new("RGB", (label_w + bar_width + 50, height), _BACKGROUND)
+    draw = ImageDraw.Draw(img)
+    for i, ((label, counts), total) in enumerate(zip(bars, totals)):
+        y, x = 6 + 22 * i, label_w
+        draw.text((label_w - 6 - _text_width(draw, label, font), y + 2), label, fill=_TEXT, font=font)
+        for category in categories:
+            w = round(bar_width * int(counts.get(category, 0)) / top)
+            if w:
+                draw.rectangle([x, y, x + w - 1, y + 16], fill=CATEGORY_COLORS.get(category, _OTHER_COLOR))
+            x += w
+        draw.text((x + 4, y + 2), str(total), fill=_TEXT, font=font)
+    x = 6
+    for category in categories:
+        draw.rectangle([x, height - 18, x + 10, height - 8], fill=CATEGORY_COLORS.get(category, _OTHER_COLOR))
+        draw.text((x + 14, height - 20), category, fill=_TEXT, font=font)
+        x += 26 + _text_width(draw, category, font)
     return img
 
 

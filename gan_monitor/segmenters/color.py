@@ -83,6 +83,17 @@ class ColorSegmenter(nn.Module):
             to that size first, which also smooths pixel noise.
         tolerance: how far outside ``value_range`` values may go before an error.
         batch_size: images per chunk (memory bound only).
+
+    A red and a blue pixel, in the protocol's range [-1, 1]:
+
+    >>> import torch
+    >>> seg = ColorSegmenter()
+    >>> image = torch.tensor([[[[1.0, -1.0]], [[-1.0, -1.0]], [[-1.0, 1.0]]]])  # [1, 3, 1, 2]
+    >>> labels = seg.segment(image)
+    >>> [seg.concepts[i] for i in labels.flatten().tolist()]
+    ['red', 'blue']
+    >>> seg.probabilities(image).argmax(1).equal(labels.view(1, 1, 2))
+    True
     """
 
     def __init__(self, value_range: tuple[float, float] = (-1.0, 1.0), sigma: float = 10.0,

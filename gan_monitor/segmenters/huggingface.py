@@ -56,6 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gan_monitor.core.validation import positive_int
 from gan_monitor.segmenters.ade20k import ADE20K_CATEGORIES, clean_label, is_ade20k_labels
 
 __all__ = ["HFSegmenter", "Preprocessing", "load_hf_segmenter", "BACKGROUND_NAMES"]
@@ -182,9 +183,7 @@ class HFSegmenter(nn.Module):
             preprocessing = Preprocessing.from_config(preprocessing, input_size)
         elif input_size is not None:
             preprocessing = replace(preprocessing, fixed_size=_pair(input_size), shortest_edge=None, longest_edge=None)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}.")
-        self.model, self.pre, self.batch_size = model, preprocessing, int(batch_size)
+        self.model, self.pre, self.batch_size = model, preprocessing, positive_int("batch_size", batch_size)
         self.output_size = None if output_size is None else _pair(output_size)
         id2label = getattr(getattr(model, "config", None), "id2label", None)
         if not id2label:

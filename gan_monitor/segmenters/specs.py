@@ -16,6 +16,13 @@ from __future__ import annotations
 
 import torch
 
+from gan_monitor.core.checkpoints import CheckpointError, import_object
+from gan_monitor.segmenters.base import validate_segmenter
+from gan_monitor.segmenters.color import ColorSegmenter
+from gan_monitor.segmenters.huggingface import HFSegmenter
+from gan_monitor.segmenters.parts import PartSegmenter
+from gan_monitor.toyworld.segmenter import load_segmenter
+
 __all__ = ["load_segmenter_spec", "SPEC_HELP"]
 
 SPEC_HELP = ("'toyworld' (the shipped toy segmenter), 'color' (basic colour terms), "
@@ -27,8 +34,6 @@ PARTS_SUFFIX = "+parts"
 
 
 def _load_transformers(source: str, device, require_ade20k: bool):
-    from gan_monitor.segmenters.huggingface import HFSegmenter
-
     if not source:
         raise ValueError("give a model after the prefix, e.g. ade20k:nvidia/segformer-b0-finetuned-ade-512-512 "
                          "or ade20k:/path/to/saved_model.")
@@ -40,23 +45,15 @@ def _load_transformers(source: str, device, require_ade20k: bool):
 
 
 def _load_base(spec: str, device):
-    from gan_monitor.segmenters.base import validate_segmenter
-
     if spec == "toyworld":
-        from gan_monitor.toyworld.segmenter import load_segmenter
-
         return load_segmenter(device)
     if spec in ("color", "colour"):
-        from gan_monitor.segmenters.color import ColorSegmenter
-
         return ColorSegmenter().to(device)
     prefix, sep, rest = spec.partition(":")
     if sep and prefix in ("ade20k", "hf"):
         return _load_transformers(rest, device, require_ade20k=prefix == "ade20k")
     if not sep or not prefix or not rest or "/" in prefix or "\\" in prefix:
         raise ValueError(f"unknown segmenter {spec!r}; use one of: {SPEC_HELP}.")
-    from gan_monitor.core.checkpoints import CheckpointError, import_object
-
     try:
         factory = import_object(spec, "--segmenter")
     except CheckpointError as err:
@@ -85,7 +82,5 @@ def load_segmenter_spec(spec: str, device: str | torch.device = "cpu"):
     base_spec = spec[: -len(PARTS_SUFFIX)] if parts else spec
     seg = _load_base(base_spec, device)
     if parts:
-        from gan_monitor.segmenters.parts import PartSegmenter
-
         seg = PartSegmenter(seg)
     return seg

@@ -1,5 +1,7 @@
 """The embedded world: procedural outdoor scenes with exact labels, a segmenter
-trained on them (weights ship in the package) and a toy GAN.
+trained on them (weights ship in the package) and three toy generator families:
+a ProGAN/DCGAN-like GAN (``gan``), a StyleGAN2-like GAN (``stylegan``) and a pix2pix
+U-Net painting scenes from their label maps (``pix2pix``).
 
 Everything here runs offline on a CPU.
 """
@@ -36,6 +38,14 @@ def __getattr__(name):  # lazy: importing the concept list must not import torch
         from . import gan
 
         return getattr(gan, name)
+    if name in ("ToyStyleGAN", "ToyStyleGenerator", "load_toystylegan"):
+        from . import stylegan
+
+        return getattr(stylegan, name)
+    if name in ("ToyPix2Pix", "ToyPix2PixGenerator", "load_toypix2pix", "pix2pix_inputs"):
+        from . import pix2pix
+
+        return getattr(pix2pix, name)
     raise AttributeError(f"module 'gan_monitor.toyworld' has no attribute {name!r}")
 
 
@@ -49,4 +59,12 @@ __all__ = [
     "ToySegmenter",
     "ToyGAN",
     "ToyGenerator",
+    "load_toygan",
+    "ToyStyleGAN",
+    "ToyStyleGenerator",
+    "load_toystylegan",
+    "ToyPix2Pix",
+    "ToyPix2PixGenerator",
+    "load_toypix2pix",
+    "pix2pix_inputs",
 ]

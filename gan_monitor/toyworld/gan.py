@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .scenes import SceneDataset
+
 __all__ = ["ToyGenerator", "ToyDiscriminator", "ToyGAN", "load_toygan"]
 
 
@@ -375,8 +377,6 @@ class ToyGAN(pl.LightningModule):
         return self.generator(z)
 
     def train_dataloader(self) -> torch.utils.data.DataLoader:
-        from .scenes import SceneDataset
-
         hp = self.hparams
         data = SceneDataset(hp.num_scenes, seed=hp.data_seed, size=hp.image_size)
         order = torch.Generator().manual_seed(hp.data_seed)  # shuffling leaves the global RNG alone

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from PIL import Image, ImageDraw
 
 from . import CONCEPT_NAMES
 
@@ -57,8 +58,6 @@ def save_label_grid(
 ) -> Path:
     """Write a PNG: one column per image; rows = images, true labels, predicted labels
     (rows for missing maps are left out), then an optional colour legend."""
-    from PIL import Image, ImageDraw
-
     rows = [_to_uint8(images)]
     n, h, w = rows[0].shape[:3]
     for maps in (labels, predicted):

@@ -10,6 +10,7 @@ from gan_monitor.core.distributed import keys_to_values, ordered_keys, run_phase
 
 __all__ = ["ActivePixels"]
 
+
 class ActivePixels:
     """Values and positions of every upsampled pixel above a per-unit floor, as flat
     arrays grouped by unit (``unit`` non-decreasing).

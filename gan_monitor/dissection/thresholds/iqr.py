@@ -1,27 +1,17 @@
-"""Per-unit activation thresholds (METHOD.md 1.2).
+"""Iqr mode's building blocks (paper Eq. 2; docs/method.md §3): candidate levels, their
+counts and their scores. ``iqr_selection`` drives them.
 
-``quantile`` mode: the threshold of unit u is its ``(k+1)``-th largest upsampled
-activation over all pixels of all images, ``k = ceil(q * pixels)`` (``quantile_rank``),
-so that exactly the top ``k`` pixels (fewer with ties) lie strictly above it.
-``dissect`` finds it with ``quantile_tally``; ``TopValues`` is the general streaming
-exact version (used there for units with heavy ties, and mergeable across
-processes): it keeps only the values above a per-unit floor known to be at or
-below the answer, pruning with ``kthvalue`` when its buffer fills. Memory:
-``U * max(2(k+1), k+1 + batch values)`` float32. The result is the same for any
-batching.
-
-``iqr`` mode (paper Eq. 2): candidate levels are each unit's values at top
-fractions log-spaced from ``1e-3`` to ``max_fraction`` (default 0.2: levels stay in
-the top of each unit's distribution), read from an exact sort of a fixed-size
-seeded subsample of pixels (``PixelSubsample``; the levels are only candidates, the
-IoU at the chosen level is then counted exactly). ``LevelTally`` bucketizes
-activations into the levels and accumulates per (unit, concept, bucket) counts in
-one pass; a reverse cumulative sum gives the 2x2 table of (unit on, concept
-present) at every level. ``score_levels`` computes ``IQR = I(A;S) / H(A,S)``.
-Guards: IQR counts only where the unit is positively associated with the concept,
-with precision ``P(S|A)`` at least ``min_lift`` (default 2) times the base rate
-``P(S)`` (IQR is symmetric and otherwise rewards anti-correlated or chance
-agreement with large concepts); concepts absent from the sample score 0.
+Candidate levels are each unit's values at top fractions log-spaced from ``1e-3`` to
+``max_fraction`` (``level_fractions``; default 0.2: levels stay in the top of each unit's
+distribution), read from an exact sort of a fixed-size seeded subsample of pixels
+(``PixelSubsample``; the levels are only candidates, the IoU at the chosen level is then
+counted exactly). ``LevelTally`` bucketizes activations into the levels and accumulates
+per (unit, concept, bucket) counts in one pass; a reverse cumulative sum gives the 2x2
+table of (unit on, concept present) at every level. ``score_levels`` computes
+``IQR = I(A;S) / H(A,S)``. Guards: IQR counts only where the unit is positively
+associated with the concept, with precision ``P(S|A)`` at least ``min_lift`` (default 2)
+times the base rate ``P(S)`` (IQR is symmetric and otherwise rewards anti-correlated or
+chance agreement with large concepts); concepts absent from the sample score 0.
 """
 from __future__ import annotations
 
@@ -30,17 +20,24 @@ from typing import Sequence
 
 import torch
 from torchmetrics import Metric
+from tqdm.auto import tqdm
 
-from gan_monitor.dissection.tally import EncodedSegmentation, category_index, encode_segmentation, image_chunks
-from gan_monitor.dissection.upsample import upsample
+from gan_monitor.core.distributed import select_across
+from gan_monitor.dissection.tally import (
+    EncodedSegmentation,
+    category_index,
+    concept_presence,
+    dedupe_labels,
+    image_chunks,
+)
+from gan_monitor.dissection.thresholds.level_counts import (
+    CHUNK_PIXELS,
+    LabelCodes,
+    LevelBuckets,
+    count_unit,
+)
 
-__all__ = ["TopValues", "quantile_rank", "level_fractions", "PixelSubsample", "LevelTally", "score_levels"]
-
-
-
-
-
-
+__all__ = ["level_fractions", "PixelSubsample", "LevelTally", "count_levels", "score_levels"]
 
 
 def level_fractions(n_levels: int = 100, min_fraction: float = 1e-3, max_fraction: float = 0.2) -> torch.Tensor:
@@ -66,7 +63,7 @@ class PixelSubsample:
 
     def update(self, picked: torch.Tensor, start: int) -> None:
         """``picked`` ``[B, U, per_image]``: the values at ``positions[start:start+B]``
-        (e.g. from ``quantile_tally.interpolate_at``)."""
+        (e.g. from ``thresholds.quantile.interpolate_at``)."""
         self.parts.append(picked.transpose(0, 1).reshape(picked.shape[1], -1))
         self.starts.append(start)
 
@@ -75,14 +72,12 @@ class PixelSubsample:
 
         ``comm`` (a ``distributed`` communicator): each rank took the picks of its own
         images (``positions`` rows by global image index); the levels, order statistics of
-        the whole subsample, are selected exactly across ranks (``quantile_tally.select_across``)."""
+        the whole subsample, are selected exactly across ranks (``gan_monitor.core.distributed.select_across``)."""
         order = sorted(range(len(self.parts)), key=self.starts.__getitem__)
         values = torch.cat([self.parts[i] for i in order], 1)
         size = self.positions.numel() if comm is not None else values.shape[1]
         index = torch.clamp(torch.ceil(fractions * size - 1e-9).long(), 0, size - 1)
         if comm is not None and comm.world_size > 1:
-            from gan_monitor.core.distributed import select_across
-
             return select_across(values, (index + 1).view(1, -1).expand(values.shape[0], -1), comm).contiguous()
         ranked = values.topk(int(index.max()) + 1, dim=1, sorted=True).values  # only the top part is needed
         return ranked[:, index.to(ranked.device)].contiguous()
@@ -115,44 +110,70 @@ class LevelTally(Metric):
             self.add_state(name, default=torch.zeros(shape, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, acts: torch.Tensor, seg) -> None:  # type: ignore[override]
-        if not isinstance(seg, EncodedSegmentation):
-            seg = encode_segmentation(seg, self.n_concepts, self.concept_category, self.n_categories)
-        height, width = seg.size
+        """Count raw featuremaps ``acts`` ``[B, U, h, w]`` against their segmentations
+        (long ``[B, (D,) H, W]`` or an ``EncodedSegmentation``), unit by unit
+        (``level_counts.count_unit``)."""
+        if isinstance(seg, EncodedSegmentation):
+            labels, category_present, (height, width) = seg.labels, seg.category_present, seg.size
+        else:
+            seg = seg if seg.dim() == 4 else seg[:, None]
+            if seg.dim() != 4:
+                raise ValueError(f"segmentation must be [B,H,W] or [B,D,H,W], got shape {tuple(seg.shape)}.")
+            height, width = seg.shape[-2:]
+            labels = dedupe_labels(seg.flatten(2).long())
+            _, category_present = concept_presence(labels, self.n_concepts, self.concept_category,
+                                                   self.n_categories)
+        if acts.dim() != 4 or acts.shape[1] != self.n_units or acts.shape[0] != labels.shape[0]:
+            raise ValueError(f"LevelTally expects featuremaps [{labels.shape[0]}, {self.n_units}, h, w] "
+                             f"(one per segmentation), got {tuple(acts.shape)}.")
         hw = height * width
-        u, nb, c = self.n_units, self.n_levels + 1, self.n_concepts
-        lowest = self.levels[:, 0].to(acts.device)
-        for start, stop in image_chunks(len(seg), u * hw * 2):
-            part = seg.slice(start, stop)
-            b = stop - start
-            up = upsample(acts[start:stop].float().transpose(0, 1).contiguous(), (height, width)).flatten(2)
-            # Only pixels above the lowest level count at any level (bucket 0 is never used),
-            # so bucketize just those (about max_fraction of them), one unit at a time.
-            units, images, pixels = (up > lowest.view(-1, 1, 1)).nonzero(as_tuple=True)  # grouped by unit
-            values = up[units, images, pixels]
-            per_unit = torch.bincount(units, minlength=u).tolist()
-            bucket = torch.empty_like(units)
-            first = 0
-            for unit, count in enumerate(per_unit):
-                if count:
-                    bucket[first:first + count] = torch.bucketize(values[first:first + count], self.levels[unit])
-                    first += count
-            cell = units * nb + bucket  # unit * (L+1) + bucket
-            per_image = torch.bincount(images * (u * nb) + cell, minlength=b * u * nb).view(b, u, nb)
-            self.active += per_image.sum(0)
-            self.active_in_category += (per_image.unsqueeze(2) * part.category_present.view(b, 1, -1, 1)).sum(0)
-            for d in range(part.labels.shape[1]):
-                index = cell * c + part.labels[images, d, pixels]
-                counts = torch.bincount(index, minlength=u * nb * c).view(u, nb, c)
-                self.intersection += counts.transpose(1, 2)
-        labels = seg.labels.flatten()
-        self.label_pixels += torch.bincount(labels, minlength=c)[:c]
+        buckets = self._level_buckets(acts.device)
+        for start, stop in image_chunks(labels.shape[0], hw, CHUNK_PIXELS):
+            codes = LabelCodes(labels[start:stop], category_present[start:stop], self.n_concepts)
+            groups = codes.groups.long().T  # [K, G]
+            maps = acts[start:stop].float().transpose(0, 1).contiguous()  # [U, b, h, w]
+            for unit in range(self.n_units):
+                intersection, active = count_unit(maps[unit:unit + 1], (height, width), codes, buckets, unit)
+                self.intersection[unit] += intersection
+                self.active[unit] += active.sum(0)
+                self.active_in_category[unit] += groups @ active
+        self.label_pixels += torch.bincount(labels.flatten(), minlength=self.n_concepts)[: self.n_concepts]
         self.label_pixels[0] = 0
-        self.pixels_in_category += seg.category_present.sum(0) * hw
-        self.pixels += len(seg) * hw
+        self.pixels_in_category += category_present.sum(0) * hw
+        self.pixels += labels.shape[0] * hw
+
+    def update_cached(self, featuremaps: Sequence[torch.Tensor], segmentations: Sequence[torch.Tensor]) -> None:
+        """``update`` over cached batches (raw featuremaps and label maps, in the same
+        order), regrouped into chunks of about ``CHUNK_PIXELS`` pixels per unit."""
+        group: list[int] = []
+        pixels = 0
+        for i, seg in enumerate(segmentations):
+            group.append(i)
+            pixels += seg.shape[0] * seg.shape[-2] * seg.shape[-1]
+            if pixels >= CHUNK_PIXELS or i == len(segmentations) - 1:
+                self.update(torch.cat([featuremaps[j] for j in group]),
+                            torch.cat([segmentations[j] for j in group]).long())
+                group, pixels = [], 0
+
+    def _level_buckets(self, device) -> LevelBuckets:
+        if getattr(self, "_buckets", None) is None:
+            self._buckets = LevelBuckets(self.levels)
+        return self._buckets.to(device)
 
     def compute(self):
         return self.intersection
 
+
+def count_levels(cache: dict[str, list[torch.Tensor]], segs: list[torch.Tensor], levels: dict[str, torch.Tensor],
+                 categories: Sequence[str], desc: str = "iqr levels", progress: bool = False) -> dict[str, LevelTally]:
+    """A ``LevelTally`` per layer of ``levels`` (``[U, L]``), filled from the cached raw
+    featuremaps ``cache[layer][i]`` and label maps ``segs[i]`` (``LevelTally.update_cached``)."""
+    categories = list(categories)
+    tallies = {}
+    for name in tqdm(list(levels), desc=desc, disable=not progress, leave=False):
+        tallies[name] = LevelTally(levels[name], categories).to(cache[name][0].device)
+        tallies[name].update_cached(cache[name], segs)
+    return tallies
 
 def _above(hist: torch.Tensor) -> torch.Tensor:
     """Counts above each level from bucket histograms ``[..., L+1]`` -> ``[..., L]``."""

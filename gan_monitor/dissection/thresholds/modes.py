@@ -12,7 +12,7 @@ True
 * :class:`IQR` (the ICLR 2019 default for GANs): on a separate held-out sample, among
   ``levels`` top fractions log-spaced from 1e-3 to ``max_fraction``, each unit takes the
   level whose 2x2 table with its best concept has the highest information quality ratio
-  (``docs/method.md``, section 2).
+  (docs/method.md §3).
 """
 from __future__ import annotations
 

@@ -1,13 +1,15 @@
-"""Quantile-mode tallying that upsamples only where a unit can be "on".
+"""Quantile mode's exact thresholds, found by upsampling only where a unit can be "on"
+(docs/method.md §3).
 
-The threshold ``t_u`` (the ``(k+1)``-th largest upsampled activation of unit u, see
-``thresholds``) must be known before counting, yet it depends on all images. Here
-it is found exactly, and the IoU counted, from the cached raw featuremaps:
+The threshold ``t_u`` (the ``(k+1)``-th largest upsampled activation of unit u,
+``k = top_values.quantile_rank(q, pixels)``) must be known before counting, yet it
+depends on all images. Here it is found exactly from the cached raw featuremaps (the
+pass that drives these steps and counts the IoU is ``quantile_pass``):
 
 1. ``guess_floors``: from a seeded subsample of pixels (interpolated straight from
    the raw featuremaps, no full upsampling) pick per unit a level ``L_u`` a safe
    margin below the expected ``t_u`` (about 1.4 ``(k+1)`` pixels lie above it).
-2. ``collect``: a bilinear pixel is a convex combination of its (up to) 4 raw
+2. ``collect_above_floors``: a bilinear pixel is a convex combination of its (up to) 4 raw
    neighbours, so it can exceed ``L_u`` only if the maximum of that raw 2x2
    neighbourhood does. The maximum is taken once per featuremap (a 2x2 max-pool with
    the border replicated) and only the output blocks of the cells above ``L_u`` are
@@ -23,7 +25,7 @@ Bit-identical to ``upsample``: blocks are computed elementwise (fast, within a f
 ulps), and every decision closer to a level than that bound is made on the exact
 value, recomputed with the rounding ``upsample``'s matmuls use on this machine (one
 or two roundings per tap pair, found once per geometry by ``pick_arithmetic``;
-if neither reproduces ``upsample``, ``collect`` upsamples densely instead).
+if neither reproduces ``upsample``, ``collect_above_floors`` upsamples densely instead).
 
 Memory: the kept pixels, about ``1.4 * U * (k+1) * 12`` bytes per layer (float32
 value, int32 unit and position), plus a unit-major copy of at most ``chunk_elements``
@@ -35,14 +37,14 @@ import math
 
 import torch
 
-from gan_monitor.dissection.tally import image_chunks
-from gan_monitor.dissection.upsample import upsample
-from gan_monitor.dissection.upsample_blocks import AxisBlocks, PixelValues, neighbourhood_max, pick_arithmetic, taps
 from gan_monitor.core.distributed import run_phase
+from gan_monitor.dissection.tally import image_chunks
 from gan_monitor.dissection.thresholds.active_pixels import ActivePixels
 from gan_monitor.dissection.thresholds.top_values import TopValues
+from gan_monitor.dissection.upsample import upsample
+from gan_monitor.dissection.upsample_blocks import AxisBlocks, PixelValues, neighbourhood_max, pick_arithmetic, taps
 
-__all__ = ["interpolate_at", "floor_index", "guess_floors", "ActivePixels", "ordered_keys", "select_across"]
+__all__ = ["interpolate_at", "floor_index", "guess_floors", "exact_thresholds", "collect_above_floors", "ActivePixels"]
 
 
 def interpolate_at(raw: torch.Tensor, positions: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -82,8 +84,6 @@ def guess_floors(samples: torch.Tensor, rank: int, pixels: int, total: int | Non
     return samples.topk(index + 1, dim=1).values[:, index], math.ceil(pixels * (index + 1) / s)
 
 
-
-
 def exact_thresholds(cache: list[torch.Tensor], size: tuple[int, int], rank: int, units: torch.Tensor,
                      comm=None) -> torch.Tensor:
     """Exact rank-th largest upsampled value of the given units, streaming over the cache
@@ -106,7 +106,7 @@ def exact_thresholds(cache: list[torch.Tensor], size: tuple[int, int], rank: int
     return merged.result()
 
 
-def collect(cache: list[torch.Tensor], size: tuple[int, int], floors: torch.Tensor,
+def collect_above_floors(cache: list[torch.Tensor], size: tuple[int, int], floors: torch.Tensor,
             units: torch.Tensor | None = None, cell_chunk: int = 1 << 15,
             chunk_elements: int = 1 << 22) -> ActivePixels:
     """One pass over the cached raw featuremaps keeping the upsampled pixels above ``floors``.
@@ -196,7 +196,7 @@ def collect(cache: list[torch.Tensor], size: tuple[int, int], floors: torch.Tens
 
 
 def _collect_dense(maps: torch.Tensor, size: tuple[int, int], floors: torch.Tensor, u0: int, position_dtype):
-    """Fallback of ``collect``: upsample every map of ``maps`` ``[u, n, h, w]``, unit by unit."""
+    """Fallback of ``collect_above_floors``: upsample every map of ``maps`` ``[u, n, h, w]``, unit by unit."""
     parts = []
     pixels = size[0] * size[1]
     for u in range(maps.shape[0]):
@@ -206,11 +206,3 @@ def _collect_dense(maps: torch.Tensor, size: tuple[int, int], floors: torch.Tens
             unit = torch.full_like(flat, u + u0, dtype=torch.int32)
             parts.append((unit, (flat + lo * pixels).to(position_dtype), up[flat]))
     return parts
-
-
-
-
-
-
-
-

@@ -1,5 +1,14 @@
-"""``TopValues``: each unit's ``k`` largest values over a stream, exact and mergeable,
-and ``quantile_rank``, how many pixels lie above a unit's quantile-mode threshold."""
+"""Quantile mode's threshold, streamed exactly (docs/method.md §3).
+
+The threshold of unit u is its ``(k+1)``-th largest upsampled activation over all pixels
+of all images, ``k = ceil(q * pixels)`` (``quantile_rank``), so that exactly the top ``k``
+pixels (fewer with ties) lie strictly above it. ``dissect`` finds it with
+``thresholds.quantile``; ``TopValues`` is the general streaming exact version (used there
+for units with heavy ties, and mergeable across processes): it keeps only the values
+above a per-unit floor known to be at or below the answer, pruning with ``kthvalue``
+when its buffer fills. Memory: ``U * max(2(k+1), k+1 + batch values)`` float32. The
+result is the same for any batching.
+"""
 from __future__ import annotations
 
 import math
@@ -7,6 +16,7 @@ import math
 import torch
 
 __all__ = ["TopValues", "quantile_rank"]
+
 
 def quantile_rank(q: float, pixels: int) -> int:
     """Number of pixels a unit may have above its threshold: ``ceil(q * pixels)``."""

@@ -1,0 +1,62 @@
+"""Command-line options shared by the subcommands: the dissection settings' flags, with
+their choices taken from the library (``THRESHOLD_MODES``, ``IOU_VARIANTS``) and their
+values checked by the library's own validation (``DissectionOptions``,
+``gan_monitor.core.validation``), the message naming the flag instead of the argument.
+
+>>> dissection_options(threshold="iqr", topk=5).topk
+5
+>>> dissection_options(topk=0)
+Traceback (most recent call last):
+...
+gan_monitor.core.errors.UsageError: --images must be a positive integer, got 0.
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Any, Callable, Mapping
+
+from gan_monitor.core.errors import UsageError
+from gan_monitor.dissection.options import IOU_VARIANTS, DissectionOptions
+from gan_monitor.dissection.thresholds.modes import THRESHOLD_MODES
+
+__all__ = ["FLAGS", "add_threshold_argument", "add_iou_argument", "dissection_options", "checked"]
+
+#: ``DissectionOptions`` field -> the command-line flag that sets it.
+FLAGS: dict[str, str] = {"threshold": "--threshold", "iou": "--iou", "cutoff": "--cutoff", "topk": "--images",
+                         "batch_size": "--batch-size"}
+
+
+def add_threshold_argument(p: argparse.ArgumentParser, default: str = "quantile") -> None:
+    p.add_argument("--threshold", choices=THRESHOLD_MODES, default=default,
+                   help=f"threshold mode (default {default})")
+
+
+def add_iou_argument(p: argparse.ArgumentParser, default: str = "plain") -> None:
+    p.add_argument("--iou", choices=IOU_VARIANTS, default=default,
+                   help=f"IoU variant: plain, or category (union only over images showing the concept's "
+                        f"category, as the 2019 code) (default {default})")
+
+
+def _flag_message(err: Exception, flags: Mapping[str, str]) -> str:
+    message = str(err)
+    for name, flag in flags.items():
+        if message.startswith(f"{name} "):
+            return flag + message[len(name):]
+    return message
+
+
+def dissection_options(flags: Mapping[str, str] = FLAGS, **values: Any) -> DissectionOptions:
+    """``DissectionOptions(**values)``; a bad value raises ``UsageError`` naming its flag."""
+    try:
+        return DissectionOptions(**values)
+    except (ValueError, TypeError) as err:
+        raise UsageError(_flag_message(err, flags)) from err
+
+
+def checked(flag: str, check: Callable[..., Any], value: Any, **kwargs: Any) -> Any:
+    """``check(flag, value, **kwargs)`` (a ``gan_monitor.core.validation`` function), with
+    ``UsageError`` instead of ``ValueError``/``TypeError``."""
+    try:
+        return check(flag, value, **kwargs)
+    except (ValueError, TypeError) as err:
+        raise UsageError(str(err)) from err
