@@ -6,7 +6,7 @@ A schedule (:class:`~gan_monitor.callbacks.unit_fid.UnitFIDSchedule`,
 :class:`MonitorContext`: the layers, the segmenter, the held-out sample, how to find the
 generator in the LightningModule, the batch counter, the latest dissection, the failure
 policy's ``strict`` flag and which loggers take pictures. It never reads the monitor
-itself, so it can be built and run without one (``tests/test_fid_callback.py`` does).
+itself, so it can be built and run without one (``tests/callbacks/test_fid_callback.py`` does).
 
 :func:`find_generator` finds the generator inside the LightningModule (the monitor's
 ``generator=`` argument); :func:`logging_step` puts every kind of monitoring work on

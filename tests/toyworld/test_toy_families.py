@@ -294,7 +294,7 @@ def test_training_script_arch_option(tmp_path, monkeypatch):
     import json
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "train_toygan.py"
+    path = Path(__file__).resolve().parents[2] / "scripts" / "train_toygan.py"
     spec = importlib.util.spec_from_file_location("train_toygan_script", path)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)

@@ -93,7 +93,7 @@ def test_examples_run(script, layers, tmp_path, monkeypatch, capsys):
     import sys
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "examples" / script
+    path = Path(__file__).resolve().parents[2] / "examples" / script
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", [str(path), "--steps", "2", "--n", "8"])
     runpy.run_path(str(path), run_name="__main__")

@@ -291,7 +291,7 @@ def train_ddp(out: str) -> None:
 @slow
 def test_monitor_under_ddp_spawn(tmp_path):
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", PYTHONPATH=os.pathsep.join(
-        [str(HERE), str(HERE.parent), os.environ.get("PYTHONPATH", "")]))
+        [str(HERE), str(HERE.parent), str(HERE.parent.parent), os.environ.get("PYTHONPATH", "")]))
     code = f"import test_ddp; test_ddp.train_ddp({str(tmp_path)!r})"
     done = subprocess.run([sys.executable, "-c", code], env=env, timeout=150, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]

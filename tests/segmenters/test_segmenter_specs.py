@@ -134,7 +134,7 @@ def test_cli_bad_spec_one_line(generator_file, hf_folders, tmp_path, capsys):
 
 
 def test_example_custom_segmenter(monkeypatch):
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "examples"))
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "examples"))
     seg = load_segmenter_spec("custom_segmenter:make_segmenter")
     assert seg.concepts[:3] == ["-", "sky", "shadow"] and seg.concepts[3:] == load_segmenter_spec("color").concepts[1:]
     images = torch.full((2, 3, 8, 8), -0.9)  # dark everywhere ...

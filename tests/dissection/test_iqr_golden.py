@@ -1,6 +1,6 @@
 """Dissection results are unchanged, bit for bit, from a stored golden file.
 
-``tests/data/dissect_golden.pt`` holds the results of the code before the iqr-mode
+``tests/dissection/data/dissect_golden.pt`` holds the results of the code before the iqr-mode
 counting was rewritten (issue 16): thresholds, labels, IoU, best IQR, level fractions
 and top samples, in iqr and quantile mode, for
 
@@ -12,7 +12,7 @@ and top samples, in iqr and quantile mode, for
 Regenerate (only when a change of results is intended and explained) from a checkout
 of the reference code::
 
-    PYTHONPATH=<checkout>:<checkout>/tests python tests/test_iqr_golden.py --write
+    PYTHONPATH=<checkout>:<checkout>/tests python tests/dissection/test_iqr_golden.py --write
 """
 from __future__ import annotations
 
