@@ -1,7 +1,21 @@
-"""gan_monitor: GAN Dissection (Bau et al., ICLR 2019) for everyday GAN training."""
+"""gan_monitor: GAN Dissection (Bau et al., ICLR 2019) for everyday GAN training.
+
+The public API, imported lazily (``import gan_monitor`` stays cheap):
+
+* dissection: ``dissect``, ``DissectionOptions``, threshold modes ``Quantile`` and ``IQR``,
+  ``DissectionResult`` / ``LayerDissection``, ``upsample``;
+* tracing and editing layers: ``Trace``, ``Edit``, ``layer_names``;
+* segmenters: ``Segmenter`` (the protocol), ``ColorSegmenter``, ``HFSegmenter``,
+  ``PartSegmenter``, ``load_segmenter_spec``;
+* interventions: ``ace``, ``causal_units``; FID: ``per_unit_fid``, ``artifact_ablation``;
+* training: ``DissectionMonitor`` (Lightning callback) with ``UnitFIDOptions``,
+  ``AceOptions`` and ``PictureOptions``.
+
+Where each stage lives: README "Layout"; the method: docs/method.md.
+"""
 from __future__ import annotations
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _LAZY = {
     "dissect": "gan_monitor.dissection.pipeline",
@@ -22,6 +36,12 @@ _LAZY = {
     "HFSegmenter": "gan_monitor.segmenters.huggingface",
     "PartSegmenter": "gan_monitor.segmenters.parts",
     "load_segmenter_spec": "gan_monitor.segmenters.specs",
+    "DissectionOptions": "gan_monitor.dissection.options",
+    "Quantile": "gan_monitor.dissection.thresholds.modes",
+    "IQR": "gan_monitor.dissection.thresholds.modes",
+    "UnitFIDOptions": "gan_monitor.callbacks.unit_fid",
+    "AceOptions": "gan_monitor.callbacks.ace",
+    "PictureOptions": "gan_monitor.callbacks.context",
 }
 
 

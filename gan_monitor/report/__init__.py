@@ -1,1 +1,5 @@
-"""TODO"""
+"""Sinks for results: ``tensorboard`` (every TensorBoard write), ``store`` (the CLI's
+output folder: written, read and checked in one place), ``html`` and the Jinja2
+``templates`` (the HTML report), ``pictures`` and ``unit_examples`` (unit grids and
+each unit's top images, regenerated from the held-out inputs).
+"""
