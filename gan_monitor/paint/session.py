@@ -45,6 +45,8 @@ from gan_monitor.core.tracing import (
     resolve_layer,
 )
 from gan_monitor.core.validation import non_negative_int, positive_int
+from gan_monitor.dissection.pipeline import dissect
+from gan_monitor.interventions.ace import insertion_values
 from gan_monitor.segmenters.base import validate_segmentation, validate_segmenter
 
 __all__ = ["ConceptUnits", "Stroke", "Sample", "EditResult", "PaintSession", "MODES"]
@@ -154,9 +156,6 @@ class PaintSession:
         """Dissect ``layer`` (unless ``dissection``, a ``DissectionResult`` or ``LayerDissection``,
         is given) on ``n`` held-out samples from ``seed``; take the insertion values from the
         dissection's extras or compute them on ``insertion_n`` samples from ``seed + 1``."""
-        from gan_monitor.dissection.pipeline import dissect
-        from gan_monitor.interventions.ace import insertion_values
-
         if dissection is None:
             dissection = dissect(generator, layer, segmenter, n=n, seed=seed, input_fn=input_fn,
                                  threshold=threshold, cutoff=cutoff, batch_size=batch_size, device=device,
