@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from gan_monitor.callbacks.context import MonitorContext
-from gan_monitor.callbacks.failure_policy import FailurePolicy
+from gan_monitor.callbacks.failure_policy import CountsFailures, FailurePolicy
 from gan_monitor.core.inputs import index_inputs, make_inputs
 from gan_monitor.core.validation import positive_int
 from gan_monitor.interventions.ace import ace
@@ -80,7 +80,7 @@ class AceOptions:
                              "every_n_epochs.")
 
 
-class AceSchedule:
+class AceSchedule(CountsFailures):
     """Runs :class:`AceOptions` (see the module docstring); ``enabled`` is False when
     ``options`` is None.
 
@@ -103,15 +103,6 @@ class AceSchedule:
         self.last_step: int | None = None
         self.history: list[dict[str, Any]] = []  # {"step", "metrics"} per evaluation (kept in checkpoints)
         self._policy = FailurePolicy("causal-effect evaluation", strict=context.strict)
-
-    @property
-    def failures(self) -> int:
-        """Failed evaluations (kept in checkpoints)."""
-        return self._policy.failures
-
-    @failures.setter
-    def failures(self, value: int) -> None:
-        self._policy.failures = int(value)
 
     # ---- state -----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from gan_monitor.callbacks.context import (
     logging_step,
 )
 from gan_monitor.callbacks.distributed_dissection import communicator, dissect_on_every_rank, log_dissection
-from gan_monitor.callbacks.failure_policy import FailurePolicy
+from gan_monitor.callbacks.failure_policy import CountsFailures, FailurePolicy
 from gan_monitor.callbacks.legacy_arguments import translate_legacy_arguments
 from gan_monitor.callbacks.unit_fid import UnitFIDOptions, UnitFIDSchedule
 from gan_monitor.core.held_out import HeldOutSample, checksum
@@ -55,7 +55,7 @@ def _summary_numbers(summary: dict[str, Any]) -> dict[str, Any]:
                                     "per_category")}
 
 
-class _MonitorLogic:
+class _MonitorLogic(CountsFailures):
     """Dissect generator layers during training and log what emerges.
 
     ``DissectionMonitor(layers, segmenter, every_n_steps=500)`` is the common case; the
@@ -238,15 +238,6 @@ class _MonitorLogic:
     @property
     def batch_size(self) -> int:
         return self.options.batch_size
-
-    @property
-    def failures(self) -> int:
-        """Failed dissections (kept in checkpoints)."""
-        return self._policy.failures
-
-    @failures.setter
-    def failures(self, value: int) -> None:
-        self._policy.failures = int(value)
 
     def _batches_seen(self) -> int:
         return self.batches_seen

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import torch
 
-__all__ = ["FailurePolicy"]
+__all__ = ["FailurePolicy", "CountsFailures"]
 
 
 class FailurePolicy:
@@ -56,3 +56,19 @@ class FailurePolicy:
                     stacklevel=3,
                 )
             return False, None
+
+
+class CountsFailures:
+    """Mixin for the schedules: ``failures``, the number of failed runs of their
+    ``_policy`` (a :class:`FailurePolicy`), readable and settable (kept in checkpoints)."""
+
+    _policy: FailurePolicy
+
+    @property
+    def failures(self) -> int:
+        """Failed runs (kept in checkpoints)."""
+        return self._policy.failures
+
+    @failures.setter
+    def failures(self, value: int) -> None:
+        self._policy.failures = int(value)

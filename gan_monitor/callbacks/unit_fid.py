@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from gan_monitor.callbacks.context import MonitorContext
-from gan_monitor.callbacks.failure_policy import FailurePolicy
+from gan_monitor.callbacks.failure_policy import CountsFailures, FailurePolicy
 from gan_monitor.core.tracing import resolve_layer
 from gan_monitor.core.validation import positive_float, positive_int
 from gan_monitor.fid.features import RealStats, as_extractor
@@ -102,7 +102,7 @@ class UnitFIDOptions:
         positive_int("UnitFIDOptions(random_draws)", self.random_draws)
 
 
-class UnitFIDSchedule:
+class UnitFIDSchedule(CountsFailures):
     """Runs :class:`UnitFIDOptions` (see the module docstring); ``enabled`` is False
     when ``options`` is None.
 
@@ -138,15 +138,6 @@ class UnitFIDSchedule:
         self.last_ablation: dict[str, Any] = {}  # layer -> ArtifactAblation
         self.steps: list[int] = []  # logging steps of the per-unit FIDs computed in this process
         self.ablation_steps: list[int] = []
-
-    @property
-    def failures(self) -> int:
-        """Failed runs (kept in checkpoints)."""
-        return self._policy.failures
-
-    @failures.setter
-    def failures(self, value: int) -> None:
-        self._policy.failures = int(value)
 
     @property
     def filters_units(self) -> bool:
