@@ -33,6 +33,7 @@ from gan_monitor.callbacks.context import (
 from gan_monitor.callbacks.distributed_dissection import communicator, dissect_on_every_rank, log_dissection
 from gan_monitor.callbacks.failure_policy import CountsFailures, FailurePolicy
 from gan_monitor.callbacks.legacy_arguments import translate_legacy_arguments
+from gan_monitor.callbacks.training_signals import SignalOptions, SignalSchedule
 from gan_monitor.callbacks.unit_fid import UnitFIDOptions, UnitFIDSchedule
 from gan_monitor.core.held_out import HeldOutSample, checksum
 from gan_monitor.core.validation import integer, positive_int
@@ -98,6 +99,9 @@ class _MonitorLogic(CountsFailures):
             on_save=True, every_n_epochs=None, causal=False)``: the fraction of each
             concept's pixels removed by ablating each layer's ``top_n`` IoU units (and,
             with ``causal``, its optimised causal units). None (default): off.
+        signals: :class:`~gan_monitor.callbacks.training_signals.SignalOptions`: concept statistics
+            vs real images, sample diversity (collapse) and unit churn after every dissection, also
+            in ``trainer.callback_metrics`` and ``history[i]["signals"]``. None (default): off.
         strict: raise when monitoring work fails (default: warn once per kind of work,
             count the failures, keep training).
 
@@ -158,6 +162,7 @@ class _MonitorLogic(CountsFailures):
         pictures: PictureOptions | None = None,
         unit_fid: UnitFIDOptions | None = None,
         ace: AceOptions | None = None,
+        signals: SignalOptions | None = None,
         strict: bool = False,
         **legacy: Any,
     ):
@@ -205,6 +210,7 @@ class _MonitorLogic(CountsFailures):
             select_image_loggers=self._writer.rich_loggers)
         self.unit_fid = UnitFIDSchedule(new["unit_fid"], self.context)  # per-unit FID, artifact ablation
         self.ace = AceSchedule(new["ace"], self.context)  # causal effects
+        self.signals = SignalSchedule(signals, self.strict)  # training signals (off when None)
         # state kept in checkpoints
         self.batches_seen = 0  # training batches completed (not optimizer steps)
         self.last_step: int | None = None  # logger step of the last dissection
@@ -271,6 +277,7 @@ class _MonitorLogic(CountsFailures):
             "inputs": self.sample.state_dict(),  # what rebuilds the held-out inputs, and their checksum
             "unit_fid": self.unit_fid.state_dict(),
             "ace": self.ace.state_dict(),
+            "signals": self.signals.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -281,6 +288,7 @@ class _MonitorLogic(CountsFailures):
         self.sample.load_state_dict(state.get("inputs", {}))
         self.unit_fid.load_state_dict(state.get("unit_fid"))
         self.ace.load_state_dict(state.get("ace"))
+        self.signals.load_state_dict(state.get("signals"))
 
     # ---- Lightning hooks ------------------------------------------------------------
     def setup(self, trainer, pl_module, stage: str | None = None) -> None:
@@ -360,6 +368,7 @@ class _MonitorLogic(CountsFailures):
             "seconds": round(time.perf_counter() - started, 3),
             **({"unit_fid_step": self.unit_fid.last_step} if self.unit_fid.filters_units else {}),
         })
+        self.history[-1].update(self.signals.after_dissection(trainer, result, step))
 
 
 class DissectionMonitor(_MonitorLogic, pl.Callback):

@@ -59,6 +59,7 @@ from gan_monitor.report.store import (
 from gan_monitor.report.tensorboard import DissectionWriter
 from gan_monitor.report.unit_examples import top_unit_examples
 from gan_monitor.segmenters import specs as segmenter_specs
+from gan_monitor.signals.checkpoint_steps import with_monitor_axis
 
 __all__ = ["add_arguments", "run", "dissect_checkpoints", "load_segmenter_spec"]
 
@@ -148,8 +149,9 @@ def dissect_checkpoints(checkpoints: Sequence[Path], layers: Sequence[str], out:
 
     def load():
         try:
-            loaded = [load_generator(p, module=module, generator_factory=generator_factory,
-                                     generator_attr=generator_attr, trust=trust, device=device) for p in checkpoints]
+            loaded = [with_monitor_axis(load_generator(p, module=module, generator_factory=generator_factory,
+                                                       generator_attr=generator_attr, trust=trust, device=device),
+                                        trust) for p in checkpoints]  # step: the monitor's batches when saved
         except CheckpointError as err:
             raise CommandError(str(err)) from err
         for item in loaded:
@@ -181,6 +183,7 @@ def dissect_checkpoints(checkpoints: Sequence[Path], layers: Sequence[str], out:
             raise CommandError(f"{item.path}: {str(err).strip()}") from err
         result.settings["checkpoint"] = str(item.path)
         result.settings["step"] = item.step
+        result.settings["step_axis"] = item.axis
 
         def write():
             if lead:

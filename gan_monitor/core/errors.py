@@ -51,3 +51,7 @@ class RankFailure(GanMonitorError, RuntimeError):
         details = "; ".join(f"rank {r}: {m}" for r, m in sorted(failed.items()))
         super().__init__(f"{what} failed on rank{'s' if len(failed) > 1 else ''} {ranks} of {world_size} "
                          f"({details}); all ranks abandoned it together.")
+
+
+class SignalError(GanMonitorError, ValueError):
+    """Training signals (``gan_monitor.signals``): bad concept statistics or options."""

@@ -56,6 +56,7 @@ from gan_monitor.core.distributed import (
 from gan_monitor.core.held_out import checksum
 from gan_monitor.core.inputs import make_inputs, num_samples
 from gan_monitor.core.tracing import as_layer_list, eval_mode, module_device, resolve_layer
+from gan_monitor.dissection.concept_counts import SampleCounter
 from gan_monitor.dissection.exclusion import check_exclude_units, exclusion_masks
 from gan_monitor.dissection.legacy_keywords import threshold_from_legacy
 from gan_monitor.dissection.options import DissectionOptions
@@ -168,6 +169,7 @@ def dissect(generator: nn.Module, layers: str | Iterable[str], segmenter, *, inp
                                 "inputs": "drawn" if drawn else "given", "topk": topk}
     runner = BatchRunner(generator, segmenter, layers, options.batch_size, device, progress, comm,
                          unit_check=lambda units: exclusion_masks(excluded, units))
+    runner.observer = counter = SampleCounter(len(concepts))  # concept statistics of the main sample
     extras: dict[str, dict[str, Any]] = {name: {} for name in layers}
     labels: dict[str, torch.Tensor] = {}
     with eval_mode(generator, segmenter), torch.no_grad(), rank_zero_buffers(generator, comm):
@@ -180,7 +182,7 @@ def dissect(generator: nn.Module, layers: str | Iterable[str], segmenter, *, inp
                 generator, mode.n or n, seed + IQR_SEED_OFFSET, input_fn), "iqr-mode inputs")
             thresholds, tallies, samples, labels = iqr_pass(runner, inputs, iqr_inputs, layers, mode, iou, topk,
                                                             seed, settings, extras)
-        sum_states(list(tallies.values()), comm)
+        sum_states(list(tallies.values()) + [counter], comm)
         merge_top_samples(samples, comm)
     settings["segmentation_size"] = list(runner.size)
     masks = exclusion_masks(excluded, runner.units) if exclude_units is not None else {}
@@ -203,4 +205,4 @@ def dissect(generator: nn.Module, layers: str | Iterable[str], segmenter, *, inp
             unit_iou=unit_iou, interpretable=interpretable,
             topk=samples[name].indices.cpu(), topk_values=samples[name].values.cpu(),
             settings=layer_settings, extras=extras[name])
-    return DissectionResult(layers=result, settings=settings)
+    return DissectionResult(layers=result, settings=settings, sample_stats=counter.as_dict(concepts))

@@ -148,10 +148,14 @@ class LayerDissection:
 
 @dataclass
 class DissectionResult:
-    """Dissections of several layers of one generator on one held-out sample."""
+    """Dissections of several layers of one generator on one held-out sample.
+
+    ``sample_stats`` (None in results of older versions): concept statistics and diversity of
+    the held-out sample's generated images (``gan_monitor.dissection.concept_counts``)."""
 
     layers: dict[str, LayerDissection]
     settings: dict[str, Any] = field(default_factory=dict)
+    sample_stats: dict[str, Any] | None = None
 
     def __getitem__(self, layer: str) -> LayerDissection:
         try:
@@ -171,11 +175,14 @@ class DissectionResult:
         return self.layers.items()
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "schema_version": SCHEMA_VERSION,
             "settings": dict(self.settings),
             "layers": {name: ld.to_dict() for name, ld in self.layers.items()},
         }
+        if self.sample_stats is not None:  # optional key: older readers ignore it
+            out["sample_stats"] = dict(self.sample_stats)
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "DissectionResult":
@@ -188,6 +195,7 @@ class DissectionResult:
         return cls(
             layers={k: LayerDissection.from_dict(v) for k, v in d["layers"].items()},
             settings=dict(d.get("settings", {})),
+            sample_stats=dict(d["sample_stats"]) if d.get("sample_stats") is not None else None,
         )
 
     def to_json(self, path=None, indent: int | None = None) -> str:

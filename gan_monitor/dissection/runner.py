@@ -46,6 +46,7 @@ class BatchRunner:
         self.size: tuple[int, int] | None = None
         self.units: dict[str, int] | None = None
         self.ids: torch.Tensor | None = None  # global sample index of each local sample
+        self.observer = None  # e.g. concept_counts.SampleCounter: reset() per pass, update(images, labels) per batch
 
     def shard(self, inputs) -> tuple[Any, torch.Tensor]:
         """This rank's samples ``rank::world_size`` of ``inputs`` and their global indices."""
@@ -61,6 +62,8 @@ class BatchRunner:
         inputs, self.ids = self.shard(inputs)
         n = num_samples(inputs)
         bar = tqdm(total=n, desc=desc, disable=not self.progress or self.comm.rank > 0, leave=False)
+        if self.observer is not None:
+            self.observer.reset()  # the last pass of a dissection is its main sample
         for start, batch in iterate_batches(inputs, self.batch_size, self.device):
             with Trace(self.generator, self.layers, require_featuremap=True) as trace:
                 images = call_generator(self.generator, batch)
@@ -69,6 +72,8 @@ class BatchRunner:
             seg = validate_segmentation(self.segmenter.segment(images), b, self.n_concepts)
             seg = seg.to(next(iter(acts.values())).device)
             self._check(start, acts, seg)
+            if self.observer is not None:
+                self.observer.update(images, seg)
             bar.update(b)
             yield start, acts, seg
         bar.close()

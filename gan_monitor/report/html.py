@@ -22,6 +22,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from gan_monitor.core.errors import ReportError
 from gan_monitor.report import pictures
+from gan_monitor.report.signals_view import add_signals_section
 from gan_monitor.report.store import (
     CheckpointEntry,
     OutputFolder,
@@ -89,7 +90,7 @@ def render_page(store: OutputFolder, entries: Sequence[CheckpointEntry], shown: 
     layers' bar graphs into the folder on the way."""
     result = shown.result
     layers = list(result.layers)
-    return _TEMPLATES.get_template("report.html.j2").render(
+    page = _TEMPLATES.get_template("report.html.j2").render(
         shown=shown,
         settings=[(k, v) for k, v in result.settings.items() if not isinstance(v, (list, dict))],
         entries=entries,
@@ -98,6 +99,7 @@ def render_page(store: OutputFolder, entries: Sequence[CheckpointEntry], shown: 
         categories=list(dict.fromkeys(c for ld in result.layers.values() for c in ld.categories[1:])),
         layers=[_layer_view(store, shown, layer) for layer in layers],
     )
+    return add_signals_section(page, entries, result.settings.get("step_axis"))  # units x checkpoints, diversity
 
 
 def build_report(folder: str | Path, checkpoint: str | None = None) -> Path:

@@ -203,6 +203,7 @@ def test_bytes_communicated_follow_the_readme_formula(two_ranks):
         + 12 * k * units + 160,  # top images
         "all-reduce": 5 * 8 * world  # votes
         + 8 * (units * per_unit + n_layers * (2 * concepts + categories + 2))  # unit x concept counts
+        + 8 * (2 * concepts + 1 + 6 * 32 * 32)  # the sample's concept counts and diversity sums (32x32 images)
         + 256 * units * levels  # candidate levels by bisection
         + 8 * (units * per_unit * (levels + 1) + n_layers * per_unit),  # unit x concept x level counts
     }

@@ -8,7 +8,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from test_cli_dissect import ckpts, timeline  # noqa: F401  (module-scoped fixtures)
+from toy_checkpoints import ckpts, timeline  # noqa: F401  (module-scoped fixtures)
 
 from gan_monitor.cli.main import main
 from gan_monitor.dissection.results import DissectionResult
@@ -118,7 +118,7 @@ def test_compare_rows_png_and_errors(timeline, tmp_path, capsys):  # noqa: F811
 
 
 def test_demo_reports_its_last_checkpoint(tmp_path, capsys):
-    from test_cli_dissect import TINY_GAN
+    from toy_checkpoints import TINY_GAN
 
     from gan_monitor.cli.demo import run_demo
 
