@@ -12,8 +12,10 @@ logger in the form it understands:
 * any other logger: nothing (it gets the scalars through ``log_metrics``) and one warning
   per logger type.
 
-Loggers are recognised by what they offer (no import of wandb or mlflow here). Scalars are
-not sent here: ``gan_monitor.report.tensorboard`` sends them to every logger.
+Loggers are recognised by what they offer (:mod:`gan_monitor.report.logger_kinds`). Scalars
+are not sent here: ``gan_monitor.report.tensorboard`` sends them to every logger; its
+:class:`~gan_monitor.report.tensorboard.DissectionWriter` sends the dissection's pictures and
+tables to W&B and MLflow through here.
 """
 from __future__ import annotations
 
@@ -21,26 +23,10 @@ import warnings
 from typing import Any, Mapping, Sequence
 
 from gan_monitor.report import pictures
+from gan_monitor.report.logger_kinds import as_loggers, logger_kind
 from gan_monitor.report.signals_view import markdown_table
-from gan_monitor.report.tensorboard import as_loggers, supports_rich_media
 
 __all__ = ["logger_kind", "MediaLogger"]
-
-
-def logger_kind(logger) -> str | None:
-    """``"tensorboard"``, ``"wandb"``, ``"mlflow"`` or None (scalars only)."""
-    if supports_rich_media(logger):
-        return "tensorboard"
-    if callable(getattr(logger, "log_image", None)) and callable(getattr(logger, "log_table", None)):
-        return "wandb"
-    if getattr(logger, "run_id", None) is not None:
-        try:
-            client = logger.experiment
-        except Exception:  # cannot start here (e.g. rank != 0)
-            return None
-        if callable(getattr(client, "log_image", None)) and callable(getattr(client, "log_dict", None)):
-            return "mlflow"
-    return None
 
 
 def _file_key(key: str) -> str:

@@ -264,6 +264,17 @@ def interpretable_units_table(layer_dissection, max_rows: int | None = 50) -> st
     return "\n".join(lines)
 
 
+def interpretable_units_rows(layer_dissection, max_rows: int | None = 50) -> tuple[list[str], list[list]]:
+    """``(columns, rows)`` of a layer's interpretable units, best IoU first (the table
+    :func:`interpretable_units_table` prints), for loggers that take tables."""
+    ld = layer_dissection
+    units = ld.ranked_units(only_interpretable=True)
+    shown = units if max_rows is None else units[: int(max_rows)]
+    rows = [[int(u), ld.labels[u], ld.label_categories[u], round(float(ld.unit_iou[u]), 4),
+             float(ld.thresholds[u])] for u in shown]
+    return ["unit", "concept", "category", "iou", "threshold"], rows
+
+
 def to_chw(image: Image.Image) -> np.ndarray:
     """PIL image -> ``uint8 [3, H, W]`` (what ``SummaryWriter.add_image`` expects)."""
     return np.ascontiguousarray(np.asarray(image.convert("RGB")).transpose(2, 0, 1))

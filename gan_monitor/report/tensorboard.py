@@ -4,9 +4,12 @@ FID and artifact ablation. The callbacks and ``gan-monitor dissect`` write throu
 Where things go:
 
 * Scalars go to **every** logger through its ``log_metrics`` (TensorBoard, CSV, W&B, ...).
-* Histograms, images and text go only to loggers whose ``experiment`` is a TensorBoard
-  ``SummaryWriter`` (``add_histogram``/``add_image``/``add_text``); every other logger gets
-  the scalars (and, from :class:`DissectionWriter`, one warning).
+* Histograms, images and text go to loggers whose ``experiment`` is a TensorBoard
+  ``SummaryWriter`` (``add_histogram``/``add_image``/``add_text``). The dissection's images
+  and tables also go to Weights & Biases and MLflow loggers (through
+  :class:`gan_monitor.report.loggers.MediaLogger`: ``log_image``/``log_table``, MLflow
+  artifacts); every other logger gets the scalars (and, from :class:`DissectionWriter`, one
+  warning).
 * A plain ``SummaryWriter`` may be given wherever loggers are: it is wrapped as one
   (:class:`SummaryWriterLogger`).
 * A TensorBoard custom-scalar layout puts all layers' curves of one metric in one chart.
@@ -34,6 +37,8 @@ from torch import nn
 from gan_monitor.dissection.results import DissectionResult
 from gan_monitor.fid.unit_fid import ArtifactAblation, UnitFID
 from gan_monitor.report import pictures
+from gan_monitor.report.logger_kinds import SummaryWriterLogger, as_loggers, logger_kind, supports_rich_media
+from gan_monitor.report.loggers import MediaLogger
 from gan_monitor.report.unit_examples import artifact_examples
 
 __all__ = [
@@ -98,44 +103,6 @@ def ablation_scalars(result: ArtifactAblation) -> dict[str, float]:
 
 
 # ---- loggers -------------------------------------------------------------------------------
-class SummaryWriterLogger:
-    """A ``torch.utils.tensorboard.SummaryWriter`` seen as a Lightning logger
-    (``log_metrics``, ``save``, ``experiment``), so that it takes the same writes."""
-
-    def __init__(self, writer):
-        self.experiment = writer
-
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        for name, value in metrics.items():
-            self.experiment.add_scalar(name, value, step)
-
-    def save(self) -> None:
-        self.experiment.flush()
-
-
-def as_loggers(loggers: Any) -> list[Any]:
-    """A Lightning logger, a ``SummaryWriter`` or a sequence of them, as a list of loggers."""
-    items = list(loggers) if isinstance(loggers, (list, tuple)) else [loggers]
-    out = []
-    for item in items:
-        if hasattr(item, "log_metrics"):
-            out.append(item)
-        elif hasattr(item, "add_scalar"):
-            out.append(SummaryWriterLogger(item))
-        else:
-            raise TypeError(f"expected Lightning loggers or a SummaryWriter, got {type(item).__name__}.")
-    return out
-
-
-def supports_rich_media(logger) -> bool:
-    """True when ``logger.experiment`` is a TensorBoard-style ``SummaryWriter``."""
-    try:
-        exp = logger.experiment
-    except Exception:  # a logger that cannot start its experiment here (e.g. rank != 0)
-        return False
-    return all(hasattr(exp, m) for m in ("add_image", "add_histogram", "add_text", "add_custom_scalars"))
-
-
 def _log_scalars(loggers: Sequence[Any], metrics: Mapping[str, float], step: int) -> None:
     for logger in loggers:
         logger.log_metrics(dict(metrics), step=int(step))
@@ -170,12 +137,13 @@ class DissectionWriter:
         self.top_units = int(top_units)
         self._warned_scalar_only: set[str] = set()
         self._layout_written: set[int] = set()
+        self._media = MediaLogger()
 
     def rich_loggers(self, loggers: Any) -> list[Any]:
-        """The loggers that take images; warns once per other logger type."""
+        """The loggers that take images (TensorBoard, W&B, MLflow); warns once per other logger type."""
         rich = []
         for logger in as_loggers(loggers):
-            if supports_rich_media(logger):
+            if logger_kind(logger) is not None:
                 rich.append(logger)
             elif self.log_images:
                 name = type(logger).__name__
@@ -183,7 +151,8 @@ class DissectionWriter:
                     self._warned_scalar_only.add(name)
                     warnings.warn(
                         f"gan_monitor: {name} cannot show images, histograms or text; it gets the "
-                        "dissection scalars only. Add a TensorBoardLogger to see unit images, or "
+                        "dissection scalars only. Add a TensorBoardLogger, WandbLogger or MLFlowLogger to see "
+                        "unit images, or "
                         "pass log_images=False to silence this warning.",
                         stacklevel=2,
                     )
@@ -206,7 +175,14 @@ class DissectionWriter:
         _log_scalars(loggers, scalar_metrics(result, categories), step)
         if not self.log_images:
             return
-        for logger in self.rich_loggers(loggers):
+        rich = self.rich_loggers(loggers)
+        others = [logger for logger in rich if not supports_rich_media(logger)]
+        if others:
+            images, tables = self.media(result, int(step), examples)
+            self._media.log(others, int(step), images, tables)
+        for logger in rich:
+            if logger in others:
+                continue
             writer = logger.experiment
             if id(writer) not in self._layout_written:
                 writer.add_custom_scalars(custom_scalar_layout(list(result.layers), categories))
@@ -215,23 +191,45 @@ class DissectionWriter:
                 self._write_layer(writer, layer, ld, int(step), (examples or {}).get(layer))
             writer.flush()
 
-    def _write_layer(self, writer, layer: str, ld, step: int, unit_examples) -> None:
+    def media(self, result: DissectionResult, step: int, examples=None) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The pictures (``{tag: PIL image}``) and tables (``{tag: (columns, rows)}``) of
+        ``result`` for loggers other than TensorBoard: per layer the units-per-concept chart,
+        the top-units grid (when ``examples`` has the layer) and the interpretable-units table."""
+        images, tables = {}, {}
+        for layer, ld in result.items():
+            images[tag(layer, "units_per_concept")] = self._concept_chart(layer, ld, step)
+            grid = self._units_grid(layer, ld, step, (examples or {}).get(layer))
+            if grid is not None:
+                images[tag(layer, "top_units")] = grid
+            tables[tag(layer, "interpretable_units_table")] = pictures.interpretable_units_rows(ld)
+        return images, tables
+
+    @staticmethod
+    def _concept_chart(layer: str, ld, step: int):
         s = ld.summary
-        if ld.num_units:
-            writer.add_histogram(tag(layer, "unit_iou"), ld.unit_iou.detach().cpu().double().numpy(), step,
-                                 bins=_IOU_BINS)
-        chart = pictures.units_per_concept_chart(
+        return pictures.units_per_concept_chart(
             s["units_per_concept"], dict(zip(ld.concepts, ld.categories)),
             title=f"{layer} @ step {step}: {s['interpretable_units']} interpretable units, "
                   f"{s['concept_diversity']} concepts",
         )
+
+    @staticmethod
+    def _units_grid(layer: str, ld, step: int, unit_examples):
+        if unit_examples is None:
+            return None
+        labels, cutoff = ld.labels, ld.settings.get("cutoff")
+        rows = [pictures.unit_row(images, masks, pictures.unit_caption(u, labels[u], float(ld.unit_iou[u]), cutoff))
+                for u, images, masks in unit_examples]
+        return pictures.top_units_grid(rows, title=f"{layer} @ step {step}: top units")
+
+    def _write_layer(self, writer, layer: str, ld, step: int, unit_examples) -> None:
+        if ld.num_units:
+            writer.add_histogram(tag(layer, "unit_iou"), ld.unit_iou.detach().cpu().double().numpy(), step,
+                                 bins=_IOU_BINS)
+        chart = self._concept_chart(layer, ld, step)
         writer.add_image(tag(layer, "units_per_concept"), pictures.to_chw(chart), step, dataformats="CHW")
-        if unit_examples is not None:
-            labels, cutoff = ld.labels, ld.settings.get("cutoff")
-            rows = [pictures.unit_row(images, masks,
-                                      pictures.unit_caption(u, labels[u], float(ld.unit_iou[u]), cutoff))
-                    for u, images, masks in unit_examples]
-            grid = pictures.top_units_grid(rows, title=f"{layer} @ step {step}: top units")
+        grid = self._units_grid(layer, ld, step, unit_examples)
+        if grid is not None:
             writer.add_image(tag(layer, "top_units"), pictures.to_chw(grid), step, dataformats="CHW")
         writer.add_text(tag(layer, "interpretable_units_table"), pictures.interpretable_units_table(ld), step)
 

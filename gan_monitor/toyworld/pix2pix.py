@@ -42,7 +42,8 @@ from gan_monitor.core.input_factories import one_hot_maps
 from gan_monitor.core.validation import positive_int
 
 from . import CONCEPT_NAMES
-from .gan import ToyGAN, upsample_conv2d
+from .gan import ToyGAN
+from .gan_networks import upsample_conv2d
 from .scenes import MAX_SIZE, MIN_SIZE, render_scenes
 
 __all__ = ["ToyPix2PixGenerator", "PatchDiscriminator", "ToyPix2Pix", "load_toypix2pix", "pix2pix_inputs"]

@@ -53,7 +53,7 @@ from torch import nn
 from gan_monitor.core.input_factories import stylegan_inputs, stylegan_w_inputs
 from gan_monitor.core.validation import choice, positive_int
 
-from .gan import PixelNorm, upsample_conv2d
+from .gan_networks import PixelNorm, upsample_conv2d
 
 __all__ = ["ToyStyleGenerator", "MappingNetwork", "SynthesisNetwork", "SynthesisBlock", "SynthesisLayer",
            "ModulatedConv2d", "ToRGB", "NOISE_MODES"]

@@ -87,6 +87,15 @@ def test_wandb_offline_run_contains_the_pictures_tables_and_scalars(tmp_path, mo
     content = json.loads(table.read_text())
     assert content["columns"][:2] == ["concept", "real_pixels"]
     assert [row[0] for row in content["data"]] == PlantedSegmenter.concepts[1:]
+    # the dissection's own pictures and table (not only the training signals')
+    layer_media = media / "images" / "gan_monitor" / "features"
+    assert Image.open(next(layer_media.glob("units_per_concept_*.png"))).size[0] > 100
+    assert Image.open(next(layer_media.glob("top_units_*.png"))).size[1] > 50
+    (units,) = (media / "table" / "gan_monitor" / "features").glob("interpretable_units_table_*.table.json")
+    content = json.loads(units.read_text())
+    assert content["columns"] == ["unit", "concept", "category", "iou", "threshold"]
+    assert len(content["data"]) == entry["layers"]["features"]["interpretable_units"]
+    assert {row[1] for row in content["data"]} <= set(PlantedSegmenter.concepts)
     history = wandb_history(next(run.glob("run-*.wandb")))
     assert float(history[KEY]) == pytest.approx(entry["signals"]["js_divergence"])
     assert "gan_monitor/signals/pixel_diversity" in history and "gan_monitor/features/interpretable_units" in history
@@ -111,6 +120,14 @@ def test_mlflow_file_store_contains_the_pictures_tables_and_scalars(tmp_path, mo
     local = client.download_artifacts(run, tables[0], str(tmp_path / "down"))
     content = json.loads(open(local).read())
     assert content["step"] == 2 and [row[0] for row in content["data"]] == PlantedSegmenter.concepts[1:]
+    # the dissection's own pictures and table
+    for name in ("units_per_concept", "top_units"):
+        (art,) = [a.path for a in client.list_artifacts(run, f"gan_monitor/features/{name}")]
+        assert Image.open(client.download_artifacts(run, art, str(tmp_path / "down"))).size[0] > 100
+    (art,) = [a.path for a in client.list_artifacts(run, "gan_monitor/features/interpretable_units_table")]
+    content = json.loads(open(client.download_artifacts(run, art, str(tmp_path / "down"))).read())
+    assert content["columns"][:2] == ["unit", "concept"] and content["step"] == 2
+    assert len(content["data"]) == entry["layers"]["features"]["interpretable_units"]
 
 
 def test_other_loggers_get_scalars_and_one_warning_tensorboard_gets_everything(tmp_path):

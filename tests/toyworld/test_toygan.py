@@ -10,14 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from gan_monitor.toyworld.gan_networks import PixelNorm, upsample2x, upsample_conv2d
 from gan_monitor.toyworld.gan import (
-    PixelNorm,
     ToyDiscriminator,
     ToyGAN,
     ToyGenerator,
     load_toygan,
-    upsample2x,
-    upsample_conv2d,
 )
 
 TINY = dict(
