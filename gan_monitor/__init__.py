@@ -9,7 +9,8 @@ The public API, imported lazily (``import gan_monitor`` stays cheap):
   ``PartSegmenter``, ``load_segmenter_spec``;
 * interventions: ``ace``, ``causal_units``; FID: ``per_unit_fid``, ``artifact_ablation``;
 * training: ``DissectionMonitor`` (Lightning callback) with ``UnitFIDOptions``,
-  ``AceOptions`` and ``PictureOptions``.
+  ``AceOptions``, ``PictureOptions`` and ``SignalOptions``;
+* training signals: ``ConceptStats`` (concept statistics of real or generated images).
 
 Where each stage lives: README "Layout"; the method: docs/method.md.
 """
@@ -42,6 +43,8 @@ _LAZY = {
     "UnitFIDOptions": "gan_monitor.callbacks.unit_fid",
     "AceOptions": "gan_monitor.callbacks.ace",
     "PictureOptions": "gan_monitor.callbacks.context",
+    "SignalOptions": "gan_monitor.callbacks.training_signals",
+    "ConceptStats": "gan_monitor.signals.concept_stats",
 }
 
 

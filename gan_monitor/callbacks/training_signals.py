@@ -28,9 +28,9 @@ import torch
 from gan_monitor.callbacks.failure_policy import FailurePolicy
 from gan_monitor.core.errors import SignalError
 from gan_monitor.report.loggers import MediaLogger
-from gan_monitor.report.signals_view import concept_bar_chart
+from gan_monitor.report.signals_view import signal_media
 from gan_monitor.signals.concept_stats import ConceptStats
-from gan_monitor.signals.summary import dissection_signals, signal_tag
+from gan_monitor.signals.summary import dissection_signals
 from gan_monitor.signals.units_over_time import UnitTimeline
 
 __all__ = ["SignalOptions", "SignalSchedule"]
@@ -139,15 +139,7 @@ class SignalSchedule:
             logger.save()
         if not (self.options.log_images and loggers):
             return
-        images, tables = {}, {}
-        if signals.comparison is not None:
-            images[signal_tag("concept_bars")] = concept_bar_chart(
-                signals.comparison, title=f"step {step} (training batches): real vs generated, "
-                                          f"JS divergence {signals.comparison.js_divergence:.4f}")
-            tables[signal_tag("concept_table")] = signals.comparison.table()
-        first = [[layer, concept, s] for layer, steps in self.timeline.first_steps.items()
-                 for concept, s in sorted(steps.items(), key=lambda kv: kv[1])]
-        tables[signal_tag("first_interpretable")] = (["layer", "concept", "first step (training batches)"], first)
+        images, tables = signal_media(signals, step, first_steps=self.timeline.first_steps)
         self.media.log(loggers, step, images, tables)
 
     def state_dict(self) -> dict[str, Any]:

@@ -6,13 +6,16 @@ Examples:
   gan-monitor dissect g.pt --generator-factory mypkg.models:make_generator --layers block4 \\
       --segmenter mypkg.seg:load --out dissect/
   gan-monitor report dissect/          # then open dissect/index.html
+  gan-monitor dissect ckpts/*.ckpt --layers layer3 --out timeline/ --real-stats toyworld
   gan-monitor dissect ckpts/*.ckpt --layers layer3 --out timeline/ --devices 4 --device cuda
   torchrun --nnodes 2 --nproc-per-node 8 --rdzv-endpoint HOST:29500 -m gan_monitor.cli.main \
       dissect ckpts/*.ckpt --layers layer3 --out timeline/ --device cuda
 
 Writes, under --out: per checkpoint a folder <name>/ with dissection.json (the
 Python API's DissectionResult.to_json) and unit pictures; tensorboard/ with event
-files (the callback's tags, x-axis = the checkpoint's training step); summary.csv
+files (the callback's tags; x-axis = the monitor's batch counter saved in the
+checkpoint, as the callback's curves, else the checkpoint's global_step; the text tag
+gan_monitor/x_axis says which); summary.csv
 (one row per checkpoint and layer, also printed) and timeline.json (the index
 `gan-monitor report` reads).
 
@@ -49,6 +52,8 @@ from gan_monitor.core.validation import positive_float, positive_int
 from gan_monitor.dissection.options import DissectionOptions
 from gan_monitor.dissection.pipeline import dissect
 from gan_monitor.report import pictures
+from gan_monitor.report.loggers import MediaLogger
+from gan_monitor.report.signals_view import signal_media
 from gan_monitor.report.store import (
     TENSORBOARD,
     CheckpointEntry,
@@ -60,6 +65,9 @@ from gan_monitor.report.tensorboard import DissectionWriter
 from gan_monitor.report.unit_examples import top_unit_examples
 from gan_monitor.segmenters import specs as segmenter_specs
 from gan_monitor.signals.checkpoint_steps import with_monitor_axis
+from gan_monitor.signals.concept_stats import ConceptStats, toyworld_real_stats
+from gan_monitor.signals.summary import dissection_signals
+from gan_monitor.signals.units_over_time import UnitTimeline
 
 __all__ = ["add_arguments", "run", "dissect_checkpoints", "load_segmenter_spec"]
 
@@ -98,6 +106,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=1800.0,
                    help="seconds a process waits for the others before the run fails (default 1800)")
     p.add_argument("--images", type=int, default=5, help="top images per unit picture (default 5)")
+    p.add_argument("--real-stats", default=None, metavar="PATH|toyworld",
+                   help="concept statistics of real images (a file written by ConceptStats.save, or 'toyworld' "
+                        "for the procedural scenes): adds the generated-vs-real training signals to the outputs")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="load with weights_only=False (only for files you trust: unpickling can run code)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -110,6 +121,22 @@ def load_segmenter_spec(spec: str, device: str = "cpu"):
         return segmenter_specs.load_segmenter_spec(spec, device)
     except (ValueError, ImportError, OSError) as err:
         raise CommandError(f"--segmenter {spec}: {err}") from err
+
+
+def load_real_stats(spec: str | None, segmenter: str) -> ConceptStats | None:
+    """``--real-stats``: None, ``toyworld`` (the procedural scenes, toy segmenter) or a file."""
+    if spec is None:
+        return None
+    if spec == "toyworld":
+        if segmenter.split("+")[0] != "toyworld":
+            raise CommandError(f"--real-stats toyworld is measured with the toy segmenter, not --segmenter {segmenter}; "
+                               "give a file written by ConceptStats.save with your segmenter instead.")
+        return toyworld_real_stats(500)
+    try:
+        return ConceptStats.load(spec)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise CommandError(f"--real-stats {spec}: cannot read ConceptStats from it ({err}); write them with "
+                           "gan_monitor.signals.real_concept_stats(...).save(PATH), or pass --real-stats toyworld.") from err
 
 
 def _write_outputs(store: OutputFolder, entry: CheckpointEntry, generator, result, options: DissectionOptions,
@@ -137,7 +164,7 @@ def dissect_checkpoints(checkpoints: Sequence[Path], layers: Sequence[str], out:
                         threshold: Any = "quantile", iou: str = "plain", cutoff: float = 0.05,
                         segmenter: str = "toyworld", device: str = "cpu", batch_size: int = 32, images: int = 5,
                         trust: bool = False, progress: bool = True, echo: Callable[[str], Any] = print,
-                        comm=None) -> dict[str, Any]:
+                        real_stats: str | None = None, comm=None) -> dict[str, Any]:
     """Dissect each checkpoint; write JSON, pictures, TensorBoard events, summary.csv, timeline.json
     (the layout of :mod:`gan_monitor.report.store`).
 
@@ -159,9 +186,10 @@ def dissect_checkpoints(checkpoints: Sequence[Path], layers: Sequence[str], out:
             if unknown:
                 raise CommandError(f"{item.path}: the generator has no layer(s) {', '.join(unknown)}; "
                                    f"available: {', '.join(layer_names(item.generator))}.")
-        return loaded, load_segmenter_spec(segmenter, device)
+        return loaded, load_segmenter_spec(segmenter, device), load_real_stats(real_stats, segmenter)
 
-    loaded, seg = _unwrapped(comm, "loading", load)
+    loaded, seg, real = _unwrapped(comm, "loading", load)
+    timeline = UnitTimeline()
     # a timeline is ordered by training step; plain state dicts keep their command-line order
     order = sorted(range(len(loaded)), key=lambda i: (loaded[i].step is None, loaded[i].step or 0, i))
     store, writer, logger = OutputFolder(out), DissectionWriter(top_units=GRID_UNITS), None
@@ -171,6 +199,8 @@ def dissect_checkpoints(checkpoints: Sequence[Path], layers: Sequence[str], out:
         from lightning.pytorch.loggers import TensorBoardLogger
 
         logger = TensorBoardLogger(str(out), name=TENSORBOARD, version="", default_hp_metric=False)
+        axes = sorted({getattr(item, "axis", "") for item in loaded})
+        logger.experiment.add_text("gan_monitor/x_axis", "x-axis of these charts: " + "; ".join(axes), 0)
     entries, rows = [], []
     for position, i in enumerate(tqdm(order, desc="checkpoints", disable=not progress or len(order) < 2 or not lead)):
         item = loaded[i]
@@ -184,10 +214,18 @@ def dissect_checkpoints(checkpoints: Sequence[Path], layers: Sequence[str], out:
         result.settings["checkpoint"] = str(item.path)
         result.settings["step"] = item.step
         result.settings["step_axis"] = item.axis
+        if getattr(result, "sample_stats", None):  # generated-vs-real, diversity, unit churn
+            signals = dissection_signals(result, real, timeline.update(result, int(entry.x)))
+            result.settings["signals"] = signals.record()
 
         def write():
             if lead:
                 _write_outputs(store, entry, item.generator, result, options, n, seed, device, writer, logger)
+                if "signals" in result.settings:
+                    logger.log_metrics(signals.scalars(), step=int(entry.x))
+                    images, tables = signal_media(signals, int(entry.x), axis=item.axis,
+                                                  first_steps=timeline.first_steps)
+                    MediaLogger().log([logger], int(entry.x), images, tables)
 
         _unwrapped(comm, "writing", write)
         entries.append(entry)
@@ -196,7 +234,8 @@ def dissect_checkpoints(checkpoints: Sequence[Path], layers: Sequence[str], out:
         logger.experiment.close()
         store.write_timeline(layers, entries, {
             "n": n, "seed": seed, "threshold": options.threshold.name, "iou": options.iou, "cutoff": options.cutoff,
-            "segmenter": segmenter, "module": module, "generator_factory": generator_factory})
+            "segmenter": segmenter, "module": module, "generator_factory": generator_factory,
+            "real_stats": real_stats})
         table = store.write_summary(rows)
         echo(table.rstrip())
         echo(f"wrote {len(entries)} dissection(s) to {out}; TensorBoard: tensorboard --logdir {out / TENSORBOARD}; "
@@ -236,7 +275,8 @@ def run(args: argparse.Namespace) -> int:
     settings = dict(module=args.module, generator_factory=args.generator_factory, generator_attr=args.generator_attr,
                     n=args.n, seed=args.seed, threshold=options.threshold.name, iou=options.iou,
                     cutoff=options.cutoff, segmenter=args.segmenter, batch_size=options.batch_size,
-                    images=options.topk, trust=args.trust_checkpoint, progress=not args.no_progress)
+                    images=options.topk, trust=args.trust_checkpoint, progress=not args.no_progress,
+                    real_stats=args.real_stats)
     try:
         torch.device(args.device)
         work = (args.checkpoints, layers, args.out, settings)

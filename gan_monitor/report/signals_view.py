@@ -3,6 +3,8 @@
 * :func:`concept_bar_chart`: per concept, paired bars of the real and the generated pixel
   fraction (under-generated concepts marked);
 * :func:`markdown_table`: ``(columns, rows)`` as a Markdown table (TensorBoard text);
+* :func:`signal_media`: the pictures and tables of one dissection's signals, for loggers (the
+  callback and ``gan-monitor dissect`` send the same);
 * :func:`signals_section`: the report's "Training signals" section of a checkpoint timeline:
   per checkpoint the sample diversity (collapsed dissections marked) and, per layer, a units x
   checkpoints grid coloured by each unit's concept (grey: not interpretable), rendered from
@@ -18,9 +20,10 @@ from PIL import Image, ImageDraw, ImageFont
 
 from gan_monitor.signals.compare import ConceptComparison
 from gan_monitor.signals.diversity import sample_diversity
+from gan_monitor.signals.summary import DissectionSignals, signal_tag
 from gan_monitor.signals.units_over_time import snapshot, unit_changes
 
-__all__ = ["concept_bar_chart", "markdown_table", "concept_color", "signals_view", "signals_section",
+__all__ = ["concept_bar_chart", "markdown_table", "signal_media", "concept_color", "signals_view", "signals_section",
            "add_signals_section"]
 
 _TEMPLATES = Environment(loader=PackageLoader("gan_monitor.report", "templates"), autoescape=True,
@@ -80,6 +83,24 @@ def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
     return "\n".join(lines)
 
 
+def signal_media(signals: DissectionSignals, step: int, axis: str = "training batches",
+                 first_steps: dict[str, dict[str, int]] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(images, tables)`` of one dissection's signals at ``step`` (on ``axis``): the real vs
+    generated bar chart and concept table (with real statistics) and, given ``first_steps``
+    (``{layer: {concept: step}}``), the step at which each concept got its first interpretable unit."""
+    images, tables = {}, {}
+    if signals.comparison is not None:
+        images[signal_tag("concept_bars")] = concept_bar_chart(
+            signals.comparison, title=f"step {step} ({axis}): real vs generated, "
+                                      f"JS divergence {signals.comparison.js_divergence:.4f}")
+        tables[signal_tag("concept_table")] = signals.comparison.table()
+    if first_steps is not None:
+        first = [[layer, concept, s] for layer, steps in first_steps.items()
+                 for concept, s in sorted(steps.items(), key=lambda kv: kv[1])]
+        tables[signal_tag("first_interpretable")] = (["layer", "concept", f"first step ({axis})"], first)
+    return images, tables
+
+
 def concept_color(concept: str) -> str:
     """A fixed colour per concept name (the same in every report)."""
     return _PALETTE[int(hashlib.md5(concept.encode("utf-8")).hexdigest(), 16) % len(_PALETTE)]
@@ -95,7 +116,10 @@ def signals_view(entries: Sequence[Any], axis: str | None = None) -> dict[str, A
         changes = unit_changes(previous, now) if previous is not None else {}
         previous = now
         d = sample_diversity(e.result) if stats else None
+        stored = e.result.settings.get("signals") or {}
         rows.append({"name": e.name, "step": e.step, "x": e.x,
+                     "js": None if stored.get("js_divergence") is None else f"{stored['js_divergence']:.4f}",
+                     "under": ", ".join(stored.get("under_generated") or []),
                      "pixel_diversity": None if d is None else f"{d.pixel_diversity:.4f}",
                      "presence_entropy": None if d is None else f"{d.presence_entropy:.3f}",
                      "collapsed": bool(d and d.collapsed),
@@ -124,7 +148,8 @@ def signals_view(entries: Sequence[Any], axis: str | None = None) -> dict[str, A
     return {"rows": rows, "layers": layers, "legend": sorted(used.items()),
             "axis": axis or "training step of each checkpoint (the monitor's batch counter when the checkpoint "
                              "has one, else its global_step)",
-            "any_collapsed": any(r["collapsed"] for r in rows)}
+            "any_collapsed": any(r["collapsed"] for r in rows),
+            "has_real": any(r["js"] is not None for r in rows)}
 
 
 def signals_section(entries: Sequence[Any], axis: str | None = None) -> str:
