@@ -29,13 +29,15 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from gan_monitor.callbacks.context import PictureOptions
 from gan_monitor.callbacks.dissection_monitor import DissectionMonitor
-from gan_monitor.cli.dissect import dissect_checkpoints
+from gan_monitor.callbacks.training_signals import SignalOptions
+from gan_monitor.cli.dissect import REAL_SCENES, REAL_SEED, dissect_checkpoints
 from gan_monitor.cli.options import add_iou_argument, add_threshold_argument, checked
 from gan_monitor.core.errors import UsageError
 from gan_monitor.core.tracing import layer_names
 from gan_monitor.core.validation import fraction, positive_int
 from gan_monitor.dissection.thresholds.modes import IQR, Quantile
 from gan_monitor.report.html import build_report
+from gan_monitor.signals.concept_stats import toyworld_real_stats
 from gan_monitor.toyworld.gan import ToyGAN
 from gan_monitor.toyworld.segmenter import load_segmenter
 
@@ -85,6 +87,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=d["seed"], help=f"training seed (default {d['seed']})")
     p.add_argument("--threads", type=int, default=d["threads"],
                    help=f"torch CPU threads (default {d['threads']})")
+    p.add_argument("--signals", action="store_true",
+                   help="also log the training signals: generated-vs-real concept statistics (real: 1000 "
+                        "procedural scenes through the toy segmenter), sample diversity, unit churn")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -101,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
             minutes=args.minutes, out=args.out, layers=args.layers, n=args.n, points=args.points,
             every_n_steps=args.every_n_steps, max_batches=args.max_batches,
             threshold=args.threshold, iqr_n=args.iqr_n, quantile=args.quantile, iou=args.iou, cutoff=args.cutoff,
-            seed=args.seed, threads=args.threads, progress=not args.no_progress,
+            seed=args.seed, threads=args.threads, progress=not args.no_progress, signals=args.signals,
         )
     except ValueError as err:  # e.g. an unknown layer name: the message lists the valid ones
         raise UsageError(str(err)) from err
@@ -154,11 +159,19 @@ def make_monitor(segmenter, every_n_steps: int, *, layers: Sequence[str] = DEFAU
                  n: int = DEFAULTS["n"], seed: int = DEFAULTS["seed"],
                  threshold: str = DEFAULTS["threshold"], iqr_n: int = DEFAULTS["iqr_n"],
                  quantile: float = DEFAULTS["quantile"], iou: str = DEFAULTS["iou"],
-                 cutoff: float = DEFAULTS["cutoff"]) -> DissectionMonitor:
-    """The demo's DissectionMonitor on ``ToyGAN.generator`` (also used by the overhead bench)."""
+                 cutoff: float = DEFAULTS["cutoff"], signals: bool = False) -> DissectionMonitor:
+    """The demo's DissectionMonitor on ``ToyGAN.generator`` (also used by the overhead bench).
+    ``signals``: log the training signals against the toy world's real statistics."""
     return DissectionMonitor(list(layers), segmenter, generator="generator", every_n_steps=every_n_steps,
                              n=n, seed=seed, threshold=demo_threshold(threshold, iqr_n, quantile), iou=iou,
-                             cutoff=cutoff, batch_size=100, pictures=PictureOptions(top_units=8, top_images=5))
+                             cutoff=cutoff, batch_size=100, pictures=PictureOptions(top_units=8, top_images=5),
+                             signals=SignalOptions(real_stats=real_scene_stats) if signals else None)
+
+
+def real_scene_stats():
+    """The toy world's real concept statistics the demo compares with (``--signals``; the same
+    as ``gan-monitor dissect --real-stats toyworld``), computed at the first dissection."""
+    return toyworld_real_stats(REAL_SCENES, seed=REAL_SEED)
 
 
 def run_demo(
@@ -180,6 +193,7 @@ def run_demo(
     progress: bool = True,
     gan_kwargs: dict | None = None,
     echo: Callable[[str], None] = print,
+    signals: bool = False,
 ) -> dict[str, Any]:
     """Run the demo; returns the log folder, the monitor's history and timings."""
     start = time.perf_counter()
@@ -201,7 +215,8 @@ def run_demo(
     if every_n_steps is None:  # set from this run's own speed after its first batches
         replan = _Replan(start + budget - _RESERVE_SECONDS, points, max_batches, echo)
     monitor = make_monitor(segmenter, every_n_steps or 10**9, layers=layers, n=n, seed=seed,
-                           threshold=threshold, iqr_n=iqr_n, quantile=quantile, iou=iou, cutoff=cutoff)
+                           threshold=threshold, iqr_n=iqr_n, quantile=quantile, iou=iou, cutoff=cutoff,
+                           signals=signals)
     if replan is not None:
         replan.monitor = monitor
     logger = TensorBoardLogger(str(out), name="", default_hp_metric=False)
@@ -234,7 +249,8 @@ def run_demo(
         "total_seconds": time.perf_counter() - start,
         "settings": {"layers": list(layers), "n": n, "seed": seed, "threshold": threshold,
                      "iqr_n": iqr_n if threshold == "iqr" else None,
-                     "quantile": quantile, "iou": iou, "cutoff": cutoff, "threads": threads},
+                     "quantile": quantile, "iou": iou, "cutoff": cutoff, "threads": threads,
+                     "signals": bool(signals)},
     }
     summary["report"] = _report_last_checkpoint(summary, echo, progress)
     with open(os.path.join(logger.log_dir, "demo_summary.json"), "w", encoding="utf-8") as f:
@@ -252,7 +268,8 @@ def _report_last_checkpoint(summary: dict[str, Any], echo, progress: bool) -> st
     out = Path(summary["log_dir"]) / "dissect_last"
     dissect_checkpoints([last], st["layers"], out, n=st["n"], seed=st["seed"],
                         threshold=demo_threshold(st["threshold"], st["iqr_n"], st["quantile"]), iou=st["iou"],
-                        cutoff=st["cutoff"], progress=progress, echo=lambda line: None)
+                        cutoff=st["cutoff"], progress=progress, echo=lambda line: None,
+                        real_stats="toyworld" if st.get("signals") else None)
     page = build_report(out)
     echo(f"HTML report of the last checkpoint:  {page}")
     return str(page)
@@ -309,5 +326,9 @@ def format_table(history: Sequence[dict], monitor) -> str:
                  f"{a['concept_diversity']:>4d} -> {b['concept_diversity']:<4d}",
                  f"{a['mean_iou']:.3f} -> {b['mean_iou']:.3f}"]
         rows.append(f"{layer:<10} {a['units']:>5}  " + "  ".join(f"{c:>21}" for c in cells))
+    js = [(h["step"], h["signals"]["js_divergence"]) for h in history if "js_divergence" in h.get("signals", {})]
+    if js:
+        rows.append("concept JS divergence (generated vs real), by step: "
+                    + ", ".join(f"{step}: {value:.4f}" for step, value in js))
     return "\n".join(rows)
 

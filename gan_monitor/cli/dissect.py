@@ -74,6 +74,9 @@ __all__ = ["add_arguments", "run", "dissect_checkpoints", "load_segmenter_spec"]
 # The TensorBoard unit grid: the best GRID_UNITS units of a layer, GRID_IMAGES images each
 # (the DissectionMonitor's defaults).
 GRID_UNITS, GRID_IMAGES = 8, 5
+# --real-stats toyworld: this many procedural scenes (their own seed, not the training
+# scenes') through the toy segmenter (the demo's --signals uses the same).
+REAL_SCENES, REAL_SEED = 1000, 777
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -131,7 +134,7 @@ def load_real_stats(spec: str | None, segmenter: str) -> ConceptStats | None:
         if segmenter.split("+")[0] != "toyworld":
             raise CommandError(f"--real-stats toyworld is measured with the toy segmenter, not --segmenter {segmenter}; "
                                "give a file written by ConceptStats.save with your segmenter instead.")
-        return toyworld_real_stats(500)
+        return toyworld_real_stats(REAL_SCENES, seed=REAL_SEED)
     try:
         return ConceptStats.load(spec)
     except (OSError, ValueError, KeyError, TypeError) as err:

@@ -79,3 +79,24 @@ def test_unreadable_real_stats_is_one_line_naming_the_flag(ckpts, tmp_path, caps
                "--n", "8", "--no-progress", "--real-stats", str(bad)])
     err = capsys.readouterr().err.strip()
     assert rc == 1 and "--real-stats" in err and "ConceptStats" in err and len(err.splitlines()) == 1
+
+
+def test_miniature_demo_with_signals(tmp_path, capsys, monkeypatch):
+    import gan_monitor.cli.demo as demo
+    import gan_monitor.cli.dissect as dissect_cli
+    from toy_checkpoints import TINY_GAN
+
+    for module in (demo, dissect_cli):  # fewer real scenes: the same code, faster
+        monkeypatch.setattr(module, "REAL_SCENES", 48)
+    summary = demo.run_demo(minutes=2, out=tmp_path / "demo", layers=["layer2"], n=16, every_n_steps=2,
+                            max_batches=4, threads=1, progress=False, gan_kwargs=TINY_GAN, signals=True)
+    out = capsys.readouterr().out
+    history = summary["history"]
+    assert [h["step"] for h in history] == [0, 2, 4]
+    js = [h["signals"]["js_divergence"] for h in history]
+    assert all(0.0 <= v <= 1.0 for v in js)
+    assert "concept JS divergence (generated vs real), by step: " + ", ".join(
+        f"{h['step']}: {v:.4f}" for h, v in zip(history, js)) in out
+    assert summary["settings"]["signals"] is True
+    page = open(summary["report"]).read()
+    assert "concept JS divergence (generated vs real)" in page
