@@ -38,7 +38,17 @@ from torch import nn
 from .gan_networks import ToyDiscriminator, ToyGenerator
 from .scenes import SceneDataset
 
-__all__ = ["ToyGenerator", "ToyDiscriminator", "ToyGAN", "load_toygan"]
+__all__ = ["ToyGenerator", "ToyDiscriminator", "ToyGAN", "load_toygan", "check_training_data"]
+
+
+def check_training_data(batch_size: int, num_scenes: int, lr_decay: Sequence[int] | None) -> None:
+    """The training-data arguments every toy family shares: ``1 <= batch_size <= num_scenes``
+    and ``lr_decay`` None or ``(start, end)`` batches with ``0 <= start < end``."""
+    if batch_size < 1 or num_scenes < batch_size:
+        raise ValueError(f"need 1 <= batch_size <= num_scenes, got batch_size={batch_size}, "
+                         f"num_scenes={num_scenes}; render more scenes or use smaller batches.")
+    if lr_decay is not None and (len(lr_decay) != 2 or not 0 <= int(lr_decay[0]) < int(lr_decay[1])):
+        raise ValueError(f"lr_decay must be (start, end) training batches with 0 <= start < end, got {lr_decay}.")
 
 
 class ToyGAN(pl.LightningModule):
@@ -90,16 +100,10 @@ class ToyGAN(pl.LightningModule):
         lr_decay: Sequence[int] | None = None,
     ):
         super().__init__()
-        if lr_decay is not None and (len(lr_decay) != 2 or not 0 <= int(lr_decay[0]) < int(lr_decay[1])):
-            raise ValueError(f"lr_decay must be (start, end) training batches with 0 <= start < end, got {lr_decay}.")
+        check_training_data(batch_size, num_scenes, lr_decay)
         if not 0.0 <= float(ema_decay) < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1) (0 turns the average off), got {ema_decay}; "
                              "typical values are 0.999 or 0.9999.")
-        if batch_size < 1 or num_scenes < batch_size:
-            raise ValueError(
-                f"need 1 <= batch_size <= num_scenes, got batch_size={batch_size}, "
-                f"num_scenes={num_scenes}; render more scenes or use smaller batches."
-            )
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.generator = ToyGenerator(latent_dim, image_size, g_channels, g_norm, g_activation)
@@ -183,6 +187,17 @@ class ToyGAN(pl.LightningModule):
             for group in opt.param_groups:
                 group["lr"] = float(base) * factor
 
+    def generator_step(self, opt_g, fake: torch.Tensor) -> torch.Tensor:
+        """One step of the non-saturating generator loss ``softplus(-D(fake))`` (the
+        discriminator frozen while it runs); returns the loss. Shared with ToyStyleGAN."""
+        self.toggle_optimizer(opt_g)
+        g_loss = F.softplus(-self.discriminator(fake)).mean()
+        opt_g.zero_grad()
+        self.manual_backward(g_loss)
+        opt_g.step()
+        self.untoggle_optimizer(opt_g)
+        return g_loss
+
     def training_step(self, batch, batch_idx):
         real = batch[0] if isinstance(batch, (list, tuple)) else batch
         real = real.float()
@@ -202,12 +217,7 @@ class ToyGAN(pl.LightningModule):
         self.untoggle_optimizer(opt_d)
 
         # Generator: softplus(-D(G(z))) through the freshly updated discriminator.
-        self.toggle_optimizer(opt_g)
-        g_loss = F.softplus(-self.discriminator(fake)).mean()
-        opt_g.zero_grad()
-        self.manual_backward(g_loss)
-        opt_g.step()
-        self.untoggle_optimizer(opt_g)
+        g_loss = self.generator_step(opt_g, fake)
         if self.generator_ema is not None:
             self._update_ema()
 

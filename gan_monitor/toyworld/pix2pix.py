@@ -42,7 +42,7 @@ from gan_monitor.core.input_factories import one_hot_maps
 from gan_monitor.core.validation import positive_int
 
 from . import CONCEPT_NAMES
-from .gan import ToyGAN
+from .gan import ToyGAN, check_training_data
 from .gan_networks import upsample_conv2d
 from .scenes import MAX_SIZE, MIN_SIZE, render_scenes
 
@@ -206,11 +206,7 @@ class ToyPix2Pix(pl.LightningModule):
                  batch_size: int = 16, num_scenes: int = 4096, data_seed: int = 0,
                  lr_decay: Sequence[int] | None = None):
         super().__init__()
-        if batch_size < 1 or num_scenes < batch_size:
-            raise ValueError(f"need 1 <= batch_size <= num_scenes, got batch_size={batch_size}, "
-                             f"num_scenes={num_scenes}; render more scenes or use smaller batches.")
-        if lr_decay is not None and (len(lr_decay) != 2 or not 0 <= int(lr_decay[0]) < int(lr_decay[1])):
-            raise ValueError(f"lr_decay must be (start, end) training batches with 0 <= start < end, got {lr_decay}.")
+        check_training_data(batch_size, num_scenes, lr_decay)
         if l1_weight < 0:
             raise ValueError(f"l1_weight must be >= 0 (pix2pix uses 100), got {l1_weight}.")
         self.save_hyperparameters()

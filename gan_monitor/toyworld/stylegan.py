@@ -22,7 +22,7 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 
-from .gan import ToyDiscriminator, ToyGAN
+from .gan import ToyDiscriminator, ToyGAN, check_training_data
 from .stylegan_networks import NOISE_MODES, ToyStyleGenerator
 
 __all__ = ["ToyStyleGAN", "ToyStyleGenerator", "load_toystylegan", "NOISE_MODES"]
@@ -53,11 +53,7 @@ class ToyStyleGAN(pl.LightningModule):
                  ema_decay: float = 0.999, batch_size: int = 16, num_scenes: int = 4096, data_seed: int = 0,
                  lr_decay: Sequence[int] | None = None):
         super().__init__()
-        if batch_size < 1 or num_scenes < batch_size:
-            raise ValueError(f"need 1 <= batch_size <= num_scenes, got batch_size={batch_size}, "
-                             f"num_scenes={num_scenes}; render more scenes or use smaller batches.")
-        if lr_decay is not None and (len(lr_decay) != 2 or not 0 <= int(lr_decay[0]) < int(lr_decay[1])):
-            raise ValueError(f"lr_decay must be (start, end) training batches with 0 <= start < end, got {lr_decay}.")
+        check_training_data(batch_size, num_scenes, lr_decay)
         if not 0.0 <= float(ema_decay) < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1) (0 turns the average off), got {ema_decay}.")
         if r1_gamma < 0 or int(r1_every) < 1:
@@ -82,6 +78,7 @@ class ToyStyleGAN(pl.LightningModule):
     learning_rate_factor = ToyGAN.learning_rate_factor
     _decay_learning_rates = ToyGAN._decay_learning_rates
     eval_generator = ToyGAN.eval_generator
+    generator_step = ToyGAN.generator_step
 
     def ema_decay_at(self, iteration: int) -> float:
         """Decay of the weight average after ``iteration`` batches: ``min(ema_decay,
@@ -129,12 +126,7 @@ class ToyStyleGAN(pl.LightningModule):
         opt_d.step()
         self.untoggle_optimizer(opt_d)
 
-        self.toggle_optimizer(opt_g)
-        g_loss = F.softplus(-self.discriminator(fake)).mean()
-        opt_g.zero_grad()
-        self.manual_backward(g_loss)
-        opt_g.step()
-        self.untoggle_optimizer(opt_g)
+        g_loss = self.generator_step(opt_g, fake)
         if self.generator_ema is not None:
             self._update_ema(iteration)
         logs = {"g_loss": g_loss.detach(), "d_loss": d_loss.detach()}
