@@ -17,6 +17,7 @@ of its own framework; ``pytorch_lightning`` is imported only when that class is 
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Any, Callable, Sequence
 
 import lightning.pytorch as pl
@@ -69,7 +70,8 @@ class _MonitorLogic(CountsFailures):
             or a callable ``module -> nn.Module``.
         every_n_steps: dissect every this many *training batches* (counted by the callback;
             with manual optimisation ``trainer.global_step`` counts optimizer steps
-            instead). When given, it replaces ``every_n_epochs``.
+            instead). When given, it replaces ``every_n_epochs`` (a warning says so when
+            ``every_n_epochs`` was also set to something other than its default 1).
         every_n_epochs: dissect at the end of every this many epochs.
         on_train_start: also dissect once before the first batch (step 0).
         n, seed, input_fn: the held-out sample, drawn by ``gan_monitor.core.inputs.make_inputs``
@@ -81,7 +83,9 @@ class _MonitorLogic(CountsFailures):
         iou: ``"plain"`` or ``"category"`` (``gan_monitor.dissection.options.IOU_VARIANTS``).
         cutoff: a unit is interpretable when the IoU of its label is >= ``cutoff``.
         batch_size: samples per forward pass (results do not depend on it).
-            ``threshold``, ``iou``, ``cutoff`` and ``batch_size`` are checked by
+        image_range: ``(low, high)`` of the generator's images (default ``(-1, 1)``; e.g.
+            ``(0, 1)`` or ``(0, 255)``: mapped to [-1, 1] before segmenting).
+            ``threshold``, ``iou``, ``cutoff``, ``batch_size`` and ``image_range`` are checked by
             :class:`gan_monitor.dissection.options.DissectionOptions` (``self.options``).
         pictures: :class:`~gan_monitor.callbacks.context.PictureOptions` ``(top_units=8,
             top_images=5, log_images=True)``: the unit grid shows the ``top_units`` best
@@ -159,6 +163,7 @@ class _MonitorLogic(CountsFailures):
         iou: str = "plain",
         cutoff: float = 0.05,
         batch_size: int = 100,
+        image_range: tuple[float, float] = (-1.0, 1.0),
         pictures: PictureOptions | None = None,
         unit_fid: UnitFIDOptions | None = None,
         ace: AceOptions | None = None,
@@ -184,6 +189,9 @@ class _MonitorLogic(CountsFailures):
         every_n_epochs = positive_int("every_n_epochs", every_n_epochs, allow_none=True)
         if every_n_steps is None and every_n_epochs is None and not on_train_start:
             raise ValueError("nothing is scheduled: set every_n_steps (training batches) or every_n_epochs.")
+        if every_n_steps is not None and every_n_epochs not in (None, 1):
+            warnings.warn(f"DissectionMonitor: every_n_steps={every_n_steps} replaces every_n_epochs={every_n_epochs} "
+                          "(one schedule per monitor); pass only one of them to silence this warning.", stacklevel=2)
         if input_fn is not None and not callable(input_fn):
             raise TypeError(f"input_fn must be callable or None, got {type(input_fn).__name__}.")
         for name, value, cls in (("pictures", new["pictures"], PictureOptions),
@@ -192,7 +200,8 @@ class _MonitorLogic(CountsFailures):
                 raise TypeError(f"{name} must be a {cls.__name__}(...) or None, got {type(value).__name__}.")
         self.pictures = new["pictures"] or PictureOptions()
         self.options = DissectionOptions(threshold=new["threshold"], iou=iou, cutoff=cutoff,
-                                         topk=self.pictures.top_images, batch_size=batch_size)
+                                         topk=self.pictures.top_images, batch_size=batch_size,
+                                         image_range=image_range)
         self.layers = layers
         self.segmenter = segmenter
         self.generator = generator
@@ -261,6 +270,8 @@ class _MonitorLogic(CountsFailures):
             if t.inputs is not None:
                 options.append(("iqr_inputs", checksum(t.inputs)))
             extra = {"options": sorted(options)} if options else {}
+        if self.options.image_range != (-1.0, 1.0):
+            extra["image_range"] = self.options.image_range
         config = dict(layers=self.layers, generator=describe_generator(self.generator), n=self.sample.n,
                       seed=self.sample.seed, threshold=t.name, quantile=t.q if isinstance(t, Quantile) else t.fallback,
                       iou=self.options.iou, cutoff=self.options.cutoff,

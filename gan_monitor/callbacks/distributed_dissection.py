@@ -24,6 +24,7 @@ from torch import nn
 from gan_monitor.callbacks.context import MonitorContext
 from gan_monitor.callbacks.unit_fid import UnitFIDSchedule
 from gan_monitor.core.distributed import SingleProcess, current, run_phase
+from gan_monitor.core.inputs import default_input_fn
 from gan_monitor.dissection.options import DissectionOptions
 from gan_monitor.dissection.pipeline import dissect
 from gan_monitor.report.tensorboard import DissectionWriter
@@ -85,10 +86,13 @@ def dissect_on_every_rank(context: MonitorContext, options: DissectionOptions, u
 
     generator, inputs = run_phase(comm, "dissection (preparing)", prepare)
     share_unit_fids(unit_fid, comm)
+    # the held-out inputs were drawn by input_fn (default: Gaussian latents), so the iqr
+    # sample may be drawn the same way: say so explicitly
+    input_fn = sample.input_fn if sample.input_fn is not None else default_input_fn(generator)
     result = dissect(generator, list(context.layers), context.segmenter, inputs=inputs, n=sample.n,
-                     seed=sample.seed, input_fn=sample.input_fn, threshold=options.threshold, iou=options.iou,
+                     seed=sample.seed, input_fn=input_fn, threshold=options.threshold, iou=options.iou,
                      cutoff=options.cutoff, batch_size=options.batch_size, topk=options.topk, device=device,
-                     distributed=comm, exclude_units=unit_fid.exclude_units())
+                     distributed=comm, exclude_units=unit_fid.exclude_units(), image_range=options.image_range)
     unit_fid.annotate(result)
     return result, generator, inputs
 

@@ -15,7 +15,10 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
-__all__ = ["positive_int", "non_negative_int", "integer", "fraction", "choice", "positive_float"]
+import torch
+
+__all__ = ["positive_int", "non_negative_int", "integer", "fraction", "choice", "positive_float", "value_range",
+           "checked_device", "check_not_meta"]
 
 
 def _is_int(value: Any) -> bool:
@@ -67,3 +70,43 @@ def choice(name: str, value: Any, choices: Sequence[str]) -> str:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(repr(c) for c in choices)}; got {value!r}.")
     return value
+
+
+def value_range(name: str, value: Any) -> tuple[float, float]:
+    """``(low, high)``: two finite numbers with ``low < high``."""
+    try:
+        low, high = value
+        ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (low, high))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok or not low < high:
+        raise ValueError(f"{name} must be (low, high) with finite low < high, e.g. (0, 1) or (0, 255); got {value!r}.")
+    return float(low), float(high)
+
+
+def checked_device(name: str, device: Any) -> torch.device | None:
+    """``device`` as a ``torch.device`` (None stays None), refusing a CUDA device this torch
+    cannot use with the reason and the fix."""
+    if device is None:
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"{name}={device!r} is not a torch device ({err}); e.g. 'cpu', 'cuda' or 'cuda:1'.") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        why = (f"this torch ({torch.__version__}) was built without CUDA" if torch.version.cuda is None
+               else f"this torch ({torch.__version__}, CUDA {torch.version.cuda}) sees no CUDA GPU")
+        raise ValueError(f"{name}={device!r}: {why}. Install a CUDA build of torch (see "
+                         "https://pytorch.org/get-started/locally/; with this project's Makefile: make test "
+                         "TORCH_SPEC=torch==<version> PIP_EXTRA_INDEX_URL=<PyTorch CUDA index>) or use 'cpu'.")
+    if dev.type == "meta":
+        raise ValueError(f"{name}='meta' holds no data; dissect on a real device ('cpu' or 'cuda').")
+    return dev
+
+
+def check_not_meta(what: str, tensors) -> None:
+    """Refuse tensors on the meta device (a model built without its weights)."""
+    if any(isinstance(t, torch.Tensor) and t.is_meta for t in tensors):
+        raise ValueError(f"{what} lives on the meta device (no values: e.g. built with device='meta' or under "
+                         "init_empty_weights); load its weights (module.to_empty(device=...) then load_state_dict) "
+                         "before dissecting.")

@@ -3,6 +3,8 @@
 
 >>> DissectionOptions(threshold="iqr").threshold
 IQR(levels=100, max_fraction=0.2, min_lift=2.0, n=None, subsample=65536, fallback=0.01)
+>>> DissectionOptions(image_range=(0, 255)).image_range
+(0.0, 255.0)
 >>> DissectionOptions(cutoff=2)
 Traceback (most recent call last):
 ...
@@ -13,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from gan_monitor.core.validation import choice, fraction, positive_int
+from gan_monitor.core.validation import choice, fraction, positive_int, value_range
 from gan_monitor.dissection.thresholds.modes import IQR, Quantile, as_threshold
 
 __all__ = ["DissectionOptions", "IOU_VARIANTS"]
@@ -33,6 +35,10 @@ class DissectionOptions:
         cutoff: a unit is interpretable when the IoU of its label is >= ``cutoff``.
         topk: top-activating held-out samples kept per unit.
         batch_size: samples per forward pass (results do not depend on it).
+        image_range: ``(low, high)`` of the generator's output images (default ``(-1, 1)``,
+            a tanh output); other ranges, e.g. ``(0, 1)`` or ``(0, 255)``, are mapped linearly to
+            [-1, 1] before segmenting. A dissection refuses images far outside the declared
+            range and warns when a first batch in [-1, 1] has no negative pixel at all.
     """
 
     threshold: Quantile | IQR | str = "quantile"
@@ -40,6 +46,7 @@ class DissectionOptions:
     cutoff: float = 0.05
     topk: int = 8
     batch_size: int = 32
+    image_range: tuple[float, float] = (-1.0, 1.0)
 
     def __post_init__(self):
         object.__setattr__(self, "threshold", as_threshold(self.threshold))
@@ -48,7 +55,11 @@ class DissectionOptions:
             "cutoff", self.cutoff, closed=True, meaning="an IoU: a unit is interpretable when its IoU >= cutoff"))
         positive_int("topk", self.topk)
         positive_int("batch_size", self.batch_size)
+        object.__setattr__(self, "image_range", value_range("image_range", self.image_range))
 
     def settings(self) -> dict[str, Any]:
         """The part of ``DissectionResult.settings`` these options decide."""
-        return {**self.threshold.settings(), "iou": self.iou, "cutoff": self.cutoff, "topk": self.topk}
+        out = {**self.threshold.settings(), "iou": self.iou, "cutoff": self.cutoff, "topk": self.topk}
+        if self.image_range != (-1.0, 1.0):
+            out["image_range"] = list(self.image_range)
+        return out

@@ -56,6 +56,7 @@ from gan_monitor.core.distributed import (
 from gan_monitor.core.held_out import checksum
 from gan_monitor.core.inputs import make_inputs, num_samples
 from gan_monitor.core.tracing import as_layer_list, eval_mode, module_device, resolve_layer
+from gan_monitor.core.validation import check_not_meta, checked_device, integer, positive_int
 from gan_monitor.dissection.concept_counts import SampleCounter
 from gan_monitor.dissection.exclusion import check_exclude_units, exclusion_masks
 from gan_monitor.dissection.legacy_keywords import threshold_from_legacy
@@ -69,6 +70,13 @@ from gan_monitor.dissection.upsample import upsample
 from gan_monitor.segmenters.base import validate_segmenter
 
 __all__ = ["dissect", "upsample", "DissectionResult", "LayerDissection", "IQR_SEED_OFFSET"]
+
+
+def _input_tensors(inputs: Any) -> list[torch.Tensor]:
+    if isinstance(inputs, torch.Tensor):
+        return [inputs]
+    values = inputs.values() if isinstance(inputs, dict) else inputs if isinstance(inputs, (list, tuple)) else []
+    return [x for x in values if isinstance(x, torch.Tensor)]
 
 
 def _agreed_inputs(comm, generator, inputs, draw: Callable[[], Any], what: str) -> Any:
@@ -97,11 +105,12 @@ def dissect(generator: nn.Module, layers: str | Iterable[str], segmenter, *, inp
             iou: str = "plain", cutoff: float = 0.05, topk: int = 8, batch_size: int = 32,
             device: torch.device | str | None = None, progress: bool = False,
             exclude_units: Mapping[str, Any] | None = None, distributed: Any = None,
-            **legacy: Any) -> DissectionResult:
+            image_range: tuple[float, float] = (-1.0, 1.0), **legacy: Any) -> DissectionResult:
     """Dissect ``layers`` of ``generator`` with ``segmenter`` (paper Eq. 2, docs/method.md §1-§4).
 
     Args:
-        generator: an ``nn.Module`` mapping inputs to images ``[N, 3, H, W]`` in [-1, 1].
+        generator: an ``nn.Module`` mapping inputs to images ``[N, 3, H, W]`` in [-1, 1] (or in
+            ``image_range``).
         layers: dotted layer name(s) whose outputs are featuremaps ``[N, U, h, w]``.
         segmenter: follows ``gan_monitor.segmenters.base.Segmenter``.
         inputs: held-out generator inputs (tensor / tuple / dict, samples along dim 0);
@@ -113,7 +122,8 @@ def dissect(generator: nn.Module, layers: str | Iterable[str], segmenter, *, inp
             top-``q`` quantile of its upsampled activations, default ``q = 0.01``), or
             ``"iqr"`` or :class:`~gan_monitor.dissection.thresholds.modes.IQR` ``(...)``
             (the level maximising IQR on a separate sample, drawn with seed +
-            ``IQR_SEED_OFFSET`` unless ``IQR(inputs=...)`` is given).
+            ``IQR_SEED_OFFSET`` by ``input_fn`` unless ``IQR(inputs=...)`` is given; with your own
+            ``inputs=``, give one of the two: nothing is drawn that you did not describe).
         iou: ``"plain"`` or ``"category"`` (docs/method.md §4). cutoff: interpretable if IoU >= cutoff.
         topk: number of top-activating samples kept per unit.
         batch_size, device: batching (results do not depend on it) and where to run
@@ -123,6 +133,8 @@ def dissect(generator: nn.Module, layers: str | Iterable[str], segmenter, *, inp
             never interpretable whatever their IoU (e.g. unrealistic units, paper S-6.3:
             ``gan_monitor.fid.unit_fid.unrealistic_units(fids, max_fid, U)``). Adds
             ``settings["excluded_units"]`` (how many, per layer) and ``extras["excluded"]``.
+        image_range: ``(low, high)`` of the generator's images (default ``(-1, 1)``); see
+            :class:`~gan_monitor.dissection.options.DissectionOptions`.
         distributed: ``None`` (one process) or a ``gan_monitor.core.distributed`` communicator
             (``TorchDistributed()``; ``True``: torch.distributed's default group). Every rank
             must call ``dissect`` with the same arguments; each dissects the samples
@@ -147,8 +159,20 @@ def dissect(generator: nn.Module, layers: str | Iterable[str], segmenter, *, inp
     on ``device``; memory bounds are in the module docstring.
     """
     threshold = threshold_from_legacy(threshold, legacy)
-    options = DissectionOptions(threshold=threshold, iou=iou, cutoff=cutoff, topk=topk, batch_size=batch_size)
+    options = DissectionOptions(threshold=threshold, iou=iou, cutoff=cutoff, topk=topk, batch_size=batch_size,
+                                image_range=image_range)
     mode = options.threshold
+    seed = integer("seed", seed)
+    if inputs is None:
+        n = positive_int("n", n)
+    if input_fn is not None and not callable(input_fn):
+        raise TypeError(f"input_fn must be a function (n, torch.Generator) -> inputs, got {type(input_fn).__name__}.")
+    if isinstance(mode, IQR) and inputs is not None and mode.inputs is None and input_fn is None:
+        raise ValueError(
+            "iqr mode chooses each unit's level on a second, separate held-out sample, and you gave inputs= "
+            "without saying how to make that sample (dissect never draws inputs you did not describe). Pass "
+            "threshold=IQR(inputs=<a second set of inputs like yours>) (0.1 spelling: iqr_inputs=), or "
+            "input_fn=<function (n, torch.Generator) -> inputs> to draw it, or use threshold='quantile'.")
     if not isinstance(generator, nn.Module):
         raise TypeError(f"generator must be a torch.nn.Module, got {type(generator).__name__}.")
     layers = as_layer_list(layers)
@@ -157,18 +181,23 @@ def dissect(generator: nn.Module, layers: str | Iterable[str], segmenter, *, inp
     excluded = check_exclude_units(exclude_units, layers)
     validate_segmenter(segmenter)
     concepts, categories = list(segmenter.concepts), list(segmenter.categories)
-    device = torch.device(device) if device is not None else module_device(generator)
+    check_not_meta("the generator", list(generator.parameters()) + list(generator.buffers()))
+    device = checked_device("device", device) if device is not None else module_device(generator)
     drawn = inputs is None
     comm = resolve(distributed)
     inputs = _agreed_inputs(comm, generator, inputs, lambda: make_inputs(generator, n, seed, input_fn),
                             "held-out inputs")
     n = num_samples(inputs)
+    if n < 1:
+        raise ValueError("inputs= holds 0 samples (dim 0 is empty); give at least one held-out input per rank.")
+    check_not_meta("inputs=", _input_tensors(inputs))
     chosen = options.settings()
     settings: dict[str, Any] = {"threshold": chosen["threshold"], "quantile": chosen["quantile"], "iou": iou,
                                 "cutoff": chosen["cutoff"], "n": n, "seed": seed,
-                                "inputs": "drawn" if drawn else "given", "topk": topk}
+                                "inputs": "drawn" if drawn else "given", "topk": topk,
+                                **({"image_range": chosen["image_range"]} if "image_range" in chosen else {})}
     runner = BatchRunner(generator, segmenter, layers, options.batch_size, device, progress, comm,
-                         unit_check=lambda units: exclusion_masks(excluded, units))
+                         unit_check=lambda units: exclusion_masks(excluded, units), image_range=options.image_range)
     runner.observer = counter = SampleCounter(len(concepts))  # concept statistics of the main sample
     extras: dict[str, dict[str, Any]] = {name: {} for name in layers}
     labels: dict[str, torch.Tensor] = {}

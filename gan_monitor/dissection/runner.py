@@ -10,6 +10,7 @@ featuremaps ``{layer: [B, U, h, w]}`` and ``labels`` the checked segmentation
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, Iterable
 
 import torch
@@ -19,7 +20,11 @@ from gan_monitor.core.inputs import call_generator, index_inputs, iterate_batche
 from gan_monitor.core.tracing import Trace
 from gan_monitor.segmenters.base import validate_segmentation
 
-__all__ = ["BatchRunner", "compact_labels"]
+__all__ = ["BatchRunner", "compact_labels", "RANGE_SLACK"]
+
+#: Images may overshoot the declared range by this fraction of its half-width (generators
+#: without a final tanh, e.g. StyleGAN2, slightly exceed [-1, 1]); beyond it they are refused.
+RANGE_SLACK = 0.5
 
 
 class BatchRunner:
@@ -32,16 +37,27 @@ class BatchRunner:
         comm: a ``gan_monitor.core.distributed`` communicator (which shard is this rank's).
         unit_check: called once, at the first batch, with ``{layer: number of units}``
             (e.g. to check per-unit arguments against the layers' sizes before any work).
+        image_range: ``(low, high)`` of the generator's images, mapped linearly to [-1, 1]
+            before segmenting (``DissectionOptions.image_range``).
+
+    Checks, per batch, in this order: the traced activations are finite (a NaN/inf names the
+    layer and units), the images are finite, and (first batch) the images lie in the declared
+    range (values beyond ``RANGE_SLACK`` times its half-width outside it are refused with the
+    range seen; a first batch with no negative pixel under the default range warns that the
+    generator may output [0, 1]).
 
     After the first batch, ``size`` is the segmentation size ``(H, W)`` (the same for every
     batch, checked) and ``units`` the number of units of each layer.
     """
 
     def __init__(self, generator, segmenter, layers, batch_size, device, progress, comm,
-                 unit_check: Callable[[dict[str, int]], None] | None = None):
+                 unit_check: Callable[[dict[str, int]], None] | None = None,
+                 image_range: tuple[float, float] = (-1.0, 1.0)):
         self.generator, self.segmenter, self.layers = generator, segmenter, layers
         self.batch_size, self.device, self.progress, self.comm = batch_size, device, progress, comm
         self.unit_check = unit_check
+        self.image_range = (float(image_range[0]), float(image_range[1]))
+        self._range_checked = False
         self.n_concepts = len(segmenter.concepts)
         self.size: tuple[int, int] | None = None
         self.units: dict[str, int] | None = None
@@ -69,6 +85,8 @@ class BatchRunner:
                 images = call_generator(self.generator, batch)
             acts = {name: trace[name] for name in self.layers}
             b = next(iter(acts.values())).shape[0]
+            self._check_activations(start, acts)
+            images = self._checked_images(start, images)
             seg = validate_segmentation(self.segmenter.segment(images), b, self.n_concepts)
             seg = seg.to(next(iter(acts.values())).device)
             self._check(start, acts, seg)
@@ -77,6 +95,47 @@ class BatchRunner:
             bar.update(b)
             yield start, acts, seg
         bar.close()
+
+    def _check_activations(self, start: int, acts: dict[str, torch.Tensor]) -> None:
+        for name, a in acts.items():
+            bad = ~torch.isfinite(a)
+            if bad.any():
+                units = bad.transpose(0, 1).flatten(1).any(1).nonzero().flatten().tolist()
+                raise ValueError(
+                    f"layer {name!r} has NaN/inf activations in units {units[:20]}"
+                    f"{' ...' if len(units) > 20 else ''} (samples from {int(self.ids[start])}); fix the generator "
+                    "(e.g. a diverged checkpoint) before dissecting."
+                )
+
+    def _checked_images(self, start: int, images: Any) -> Any:
+        """``images`` checked (finite; first batch: in the declared range) and mapped to [-1, 1]."""
+        if not isinstance(images, torch.Tensor) or not images.is_floating_point():
+            return images  # the segmenter's validation says what it needs
+        if not bool(torch.isfinite(images).all()):
+            rows = (~torch.isfinite(images.flatten(1))).any(1).nonzero().flatten()
+            which = self.ids[start:start + images.shape[0]][rows.cpu()].tolist()
+            raise ValueError(f"the generator's output images contain NaN/inf (held-out sample(s) {which[:10]}) "
+                             f"although the traced layers {list(self.layers)} are finite: the problem is after "
+                             "them; fix the generator (e.g. a diverged checkpoint) before dissecting.")
+        low, high = self.image_range
+        if not self._range_checked:
+            self._range_checked = True
+            seen_low, seen_high = (float(v) for v in torch.aminmax(images.detach()))
+            slack = RANGE_SLACK * (high - low) / 2
+            if seen_low < low - slack or seen_high > high + slack:
+                raise ValueError(
+                    f"the generator's images range over [{seen_low:.4g}, {seen_high:.4g}], far outside the declared "
+                    f"image_range ({low:g}, {high:g}); the segmenter expects [-1, 1] images and would quietly "
+                    "mislabel these. Declare the generator's output range, e.g. image_range=(0, 255) or (0, 1) "
+                    "(dissect(..., image_range=...), DissectionMonitor(..., image_range=...)), or rescale its output.")
+            if (low, high) == (-1.0, 1.0) and seen_low >= 0.0:
+                warnings.warn(
+                    f"gan_monitor: the first batch of generated images has no negative pixel (range [{seen_low:.3g}, "
+                    f"{seen_high:.3g}]); dissection assumes [-1, 1] images. If the generator outputs [0, 1], pass "
+                    "image_range=(0, 1).", stacklevel=4)
+        if (low, high) != (-1.0, 1.0):
+            images = (images - low) * (2.0 / (high - low)) - 1.0
+        return images
 
     def _check(self, start: int, acts: dict[str, torch.Tensor], seg: torch.Tensor) -> None:
         size = (int(seg.shape[-2]), int(seg.shape[-1]))
@@ -100,14 +159,6 @@ class BatchRunner:
         for name, a in acts.items():
             if a.shape[0] != seg.shape[0]:
                 raise ValueError(f"layer {name!r} produced {a.shape[0]} featuremaps for {seg.shape[0]} images.")
-            bad = ~torch.isfinite(a)
-            if bad.any():
-                units = bad.transpose(0, 1).flatten(1).any(1).nonzero().flatten().tolist()
-                raise ValueError(
-                    f"layer {name!r} has NaN/inf activations in units {units[:20]}"
-                    f"{' ...' if len(units) > 20 else ''} (samples from {int(self.ids[start])}); fix the generator "
-                    "(e.g. a diverged checkpoint) before dissecting."
-                )
 
 
 def compact_labels(seg: torch.Tensor, n_concepts: int) -> torch.Tensor:

@@ -138,7 +138,10 @@ class AceResult:
         normaliser: ``before.mean()``, the concept's mean fraction (Eq. 4 normalisation).
         per_image: ``[N]`` (after - before) / normaliser for insertion,
             (before - after) / normaliser for ablation (positive = the intended effect).
-        mean: mean of ``per_image``; ci: 95 % normal confidence interval of the mean.
+        mean: mean of ``per_image``; ci: 95 % normal confidence interval of the mean, clipped
+            to the range the effect can take (ablation <= 1: no more than all of the concept
+            can disappear; insertion >= -1: no less than none of it can remain), so an
+            interval never claims an impossible value; a clipped side is then conservative.
         fraction_removed: for ablation, the share of the concept's pixels that
             disappear over the sample (= ``mean``); ``None`` for insertion.
         gained: mean fraction of image pixels gained (after - before), unnormalised.
@@ -159,12 +162,13 @@ class AceResult:
     settings: dict[str, Any] = field(default_factory=dict)
 
 
-def _mean_ci(x: torch.Tensor) -> tuple[float, tuple[float, float]]:
+def _mean_ci(x: torch.Tensor, low: float = -math.inf, high: float = math.inf) -> tuple[float, tuple[float, float]]:
+    """Mean and 95 % normal interval, clipped to ``[low, high]`` (the quantity's range)."""
     mean = float(x.double().mean())
     if x.numel() < 2:
         return mean, (mean, mean)
     half = 1.96 * float(x.double().std()) / math.sqrt(x.numel())
-    return mean, (mean - half, mean + half)
+    return mean, (min(mean, max(low, mean - half)), max(mean, min(high, mean + half)))  # rounding: keep the mean inside
 
 
 def check_region(region, shape: tuple[int, int, int], n: int) -> torch.Tensor | None:
@@ -173,6 +177,11 @@ def check_region(region, shape: tuple[int, int, int], n: int) -> torch.Tensor | 
     if region is None:
         return None
     m = torch.as_tensor(region, dtype=torch.float32)
+    if not bool(torch.isfinite(m).all()):
+        raise ValueError("region contains NaN/inf; give a mask with values in [0, 1] (1: intervene, 0: leave alone).")
+    if m.numel() and (float(m.min()) < 0.0 or float(m.max()) > 1.0):
+        raise ValueError(f"region values must lie in [0, 1] (1: intervene, 0: leave alone, between: partly), got "
+                         f"values in [{float(m.min()):.4g}, {float(m.max()):.4g}]; e.g. divide a 0-255 mask by 255.")
     h, w = shape[1:]
     ok = m.dim() == 2 and tuple(m.shape) == (h, w) or m.dim() == 3 and tuple(m.shape) == (n, h, w)
     if not ok:
@@ -234,9 +243,13 @@ def ace(generator: nn.Module, layer: str, units: Sequence[int], concept: str | i
         edit_args = {"units": units, "value": values.to(device)}
     before, after = _run_edit(generator, segmenter, layer, inputs, batch_size, device, c, edit_args, mask)
     normaliser = float(before.double().mean())
+    if normaliser <= 0:
+        raise ValueError(f"concept {list(segmenter.concepts)[c]!r} appears in none of the {num_samples(inputs)} held-out "
+                         "images, so its change cannot be normalised (Eq. 4 divides by its mean fraction). Pick a "
+                         "concept the generator draws, or use more / other held-out inputs (n=, inputs=).")
     diff = (before - after) if mode == "ablate" else (after - before)
-    per_image = diff / normaliser if normaliser > 0 else torch.full_like(diff, float("nan"))
-    mean, ci = _mean_ci(per_image)
+    per_image = diff / normaliser
+    mean, ci = _mean_ci(per_image, high=1.0) if mode == "ablate" else _mean_ci(per_image, low=-1.0)
     return AceResult(
         concept=list(segmenter.concepts)[c], mode=mode, layer=layer, units=units, before=before, after=after,
         normaliser=normaliser, per_image=per_image, mean=mean, ci=ci,

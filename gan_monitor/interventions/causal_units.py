@@ -36,8 +36,11 @@ from gan_monitor.segmenters.base import validate_segmenter
 __all__ = ["causal_units", "CausalUnits", "check_differentiable"]
 
 
-def check_differentiable(segmenter) -> None:
-    """Raise unless the segmenter offers ``probabilities(images) -> [N, C, H, W]``."""
+def check_differentiable(segmenter, images: torch.Tensor | None = None) -> None:
+    """Raise unless the segmenter offers ``probabilities(images) -> [N, C, H, W]`` and, given
+    sample ``images``, those probabilities carry a gradient that depends on the images (a
+    segmenter computing them under ``no_grad``, or from ``segment()``'s integer labels, would
+    make the optimisation return the IoU initialisation as the "causal" ranking)."""
     if not callable(getattr(segmenter, "probabilities", None)):
         raise TypeError(
             f"{type(segmenter).__name__} has no `probabilities(images)` method. causal_units optimises "
@@ -45,6 +48,23 @@ def check_differentiable(segmenter) -> None:
             "class probabilities [N, C, H, W] (e.g. the softmax of a segmentation network's logits). "
             "Add such a method, or rank units with single_unit_effects / ace, which only need segment()."
         )
+    if images is None:
+        return
+    x = images.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        probs = segmenter.probabilities(x)
+        grad = None
+        if isinstance(probs, torch.Tensor) and probs.requires_grad:
+            # a fixed random weighting per class: the plain sum of probabilities is constant (1)
+            weights = torch.rand(probs.shape[1], generator=torch.Generator().manual_seed(0)).to(probs.device)
+            grad, = torch.autograd.grad((probs.float() * weights.view(1, -1, 1, 1)).sum(), [x], allow_unused=True)
+    if grad is None or not bool(torch.isfinite(grad).all()) or not bool((grad != 0).any()):
+        raise ValueError(
+            f"{type(segmenter).__name__}.probabilities(images) does not depend differentiably on the images (no "
+            "gradient reaches them: computed under torch.no_grad(), detached, or derived from integer labels). "
+            "causal_units needs the gradient to optimise the intervention; without it the result would only repeat "
+            "the IoU ranking. Return the softmax of the network's logits without no_grad, or rank units with "
+            "single_unit_effects / ace, which only need segment().")
 
 
 @dataclass
@@ -188,6 +208,9 @@ def causal_units(generator: nn.Module, layer: str, concept: str | int, *, segmen
     n = num_samples(inputs)
     with eval_mode(generator, segmenter), torch.no_grad():
         shape = layer_shape(generator, layer, inputs, device)
+        probe = call_generator(generator, move_inputs(index_inputs(inputs, torch.arange(min(8, n))), device))
+    with eval_mode(segmenter):
+        check_differentiable(segmenter, probe)
     a0 = _iou_init(generator, layer, segmenter, c, iou, dissection, inputs, batch_size, device)
     if a0.numel() != shape[0]:
         raise ValueError(f"the IoU initialisation has {a0.numel()} entries but layer {layer!r} has {shape[0]} units.")
