@@ -13,6 +13,7 @@ dissections (after the one at step 0) fit into the time budget.
 from __future__ import annotations
 
 import argparse
+import shlex
 import copy
 import json
 import logging
@@ -221,7 +222,7 @@ def run_demo(
         replan.monitor = monitor
     logger = TensorBoardLogger(str(out), name="", default_hp_metric=False)
     echo(f"gan-monitor demo: logs and checkpoints in {logger.log_dir}")
-    echo(f"  follow along with:  tensorboard --logdir {out}")
+    echo(f"  follow along with:  tensorboard --logdir {shlex.quote(str(out))}")
     remaining = max(1.0, budget - (time.perf_counter() - start) - _RESERVE_SECONDS)
     trainer = pl.Trainer(
         max_time=timedelta(seconds=remaining),
@@ -241,7 +242,7 @@ def run_demo(
          f"took {dissect_seconds:.1f} s ({100 * dissect_seconds / max(fit_seconds, 1e-9):.1f}% of it).")
     if monitor.failures:
         echo(f"warning: {monitor.failures} dissection(s) failed; see the warning above.")
-    echo(f"TensorBoard:  tensorboard --logdir {out}")
+    echo(f"TensorBoard:  tensorboard --logdir {shlex.quote(str(out))}")
     summary = {
         "log_dir": logger.log_dir, "history": copy.deepcopy(monitor.history), "batches": batches,
         "fit_seconds": fit_seconds, "dissect_seconds": dissect_seconds,

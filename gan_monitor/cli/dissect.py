@@ -24,11 +24,11 @@ Exit codes: 0 done, 1 error (one line; --debug shows the traceback), 2 bad usage
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import torch
 from tqdm.auto import tqdm
 
 from gan_monitor.cli.options import (
@@ -48,7 +48,7 @@ from gan_monitor.core.errors import (
 )
 from gan_monitor.core.inputs import make_inputs
 from gan_monitor.core.tracing import layer_names
-from gan_monitor.core.validation import positive_float, positive_int
+from gan_monitor.core.validation import checked_device, positive_float, positive_int
 from gan_monitor.dissection.options import DissectionOptions
 from gan_monitor.dissection.pipeline import dissect
 from gan_monitor.report import pictures
@@ -241,8 +241,8 @@ def dissect_checkpoints(checkpoints: Sequence[Path], layers: Sequence[str], out:
             "real_stats": real_stats})
         table = store.write_summary(rows)
         echo(table.rstrip())
-        echo(f"wrote {len(entries)} dissection(s) to {out}; TensorBoard: tensorboard --logdir {out / TENSORBOARD}; "
-             f"HTML: gan-monitor report {out}")
+        echo(f"wrote {len(entries)} dissection(s) to {out}; TensorBoard: tensorboard --logdir "
+             f"{shlex.quote(str(out / TENSORBOARD))}; HTML: gan-monitor report {shlex.quote(str(out))}")
     return {"out": str(out), "checkpoints": [e.to_dict() for e in entries], "rows": rows}
 
 
@@ -281,7 +281,10 @@ def run(args: argparse.Namespace) -> int:
                     images=options.topk, trust=args.trust_checkpoint, progress=not args.no_progress,
                     real_stats=args.real_stats)
     try:
-        torch.device(args.device)
+        checked_device("--device", args.device)
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+    try:
         work = (args.checkpoints, layers, args.out, settings)
         if launch.torchrun_world_size() > 1:  # started by torchrun: this process is one rank
             status, message = launch.join_torchrun(_dissect_rank, args.device, args=work, timeout=args.timeout)

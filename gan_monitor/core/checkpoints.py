@@ -58,6 +58,15 @@ def read_checkpoint(path: str | Path, trust: bool = False) -> Any:
         raise CheckpointError(f"{path}: no such file.")
     if not path.is_file():
         raise CheckpointError(f"{path} is not a file.")
+    if _is_plain_pickle(path):
+        if not trust:
+            raise CheckpointError(
+                f"{path} is a plain pickle file (pickle.dump), not a torch.save checkpoint; reading it means "
+                "unpickling, which can execute code stored in the file, so it is refused by default. If you trust "
+                "where it comes from, re-run with --trust-checkpoint (trust=True in Python), or re-save it with "
+                "torch.save(obj.state_dict(), path).")
+        with open(path, "rb") as f:
+            return pickle.load(f)  # noqa: S301  (the user said they trust this file)
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as err:
@@ -72,6 +81,28 @@ def read_checkpoint(path: str | Path, trust: bool = False) -> Any:
                               f"the unpickler stopped at its first bytes).") from err
     except Exception as err:  # zip / pickle garbage: torch raises RuntimeError, EOFError, ...
         raise CheckpointError(f"{path} is not a PyTorch checkpoint ({_first_line(err)}).") from err
+
+
+def _is_plain_pickle(path: Path) -> bool:
+    """A ``pickle.dump`` file (protocol >= 2 opcode first), as opposed to ``torch.save``'s zip
+    archive or its legacy format (which starts with a pickled magic number, then more pickles)."""
+    if zipfile.is_zipfile(path):
+        return False
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if len(head) < 2 or head[0] != 0x80:
+        return False
+    try:  # torch's legacy format: its first pickle is a magic number (an int)
+        with open(path, "rb") as f:
+            first = pickle.Unpickler(f)
+            first.find_class = _refuse_globals  # only plain data may be read here
+            return not isinstance(first.load(), int)
+    except Exception:
+        return True
+
+
+def _refuse_globals(module: str, name: str):
+    raise pickle.UnpicklingError(f"global {module}.{name}")
 
 
 def _first_line(err: BaseException) -> str:

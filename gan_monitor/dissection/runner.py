@@ -82,7 +82,16 @@ class BatchRunner:
             self.observer.reset()  # the last pass of a dissection is its main sample
         for start, batch in iterate_batches(inputs, self.batch_size, self.device):
             with Trace(self.generator, self.layers, require_featuremap=True) as trace:
-                images = call_generator(self.generator, batch)
+                try:
+                    images = call_generator(self.generator, batch)
+                except TypeError as err:
+                    if self.size is not None:  # not a question of how it is called
+                        raise
+                    raise TypeError(
+                        f"calling {type(self.generator).__name__} on the held-out inputs failed: {err}. If its "
+                        "forward needs more than one input (e.g. G(styles, noise) or G(z, labels)), pass "
+                        "input_fn=<function (n, torch.Generator) -> inputs> returning a tuple (called as G(*x)) or "
+                        "a dict (G(**x)), or inputs=... (gan_monitor.core.input_factories has ready ones).") from err
             acts = {name: trace[name] for name in self.layers}
             b = next(iter(acts.values())).shape[0]
             self._check_activations(start, acts)

@@ -247,8 +247,9 @@ class RealStats:
         """Statistics of the features of every batch of ``images`` (a DataLoader or any
         iterable of ``[B,3,H,W]`` tensors, or of ``(images, ...)`` tuples)."""
         extractor = as_extractor(extractor)
-        total, outer, count, shift = None, None, 0, None
+        total, outer, count, shift, size = None, None, 0, None, None
         for batch in _batches(images):
+            size = size or [int(batch.shape[-2]), int(batch.shape[-1])]
             f = extract_features(extractor, batch if device is None else batch.to(device))
             if shift is None:
                 shift = f.mean(0)  # accumulate around a shift: avoids cancellation in the covariance
@@ -261,7 +262,23 @@ class RealStats:
             raise ValueError(f"got {count} real images; real statistics need at least 2 (and more than d).")
         mean_shifted = total / count
         cov = (outer - count * torch.outer(mean_shifted, mean_shifted)) / (count - 1)
-        return cls(mean_shifted + shift, cov, count, extractor.name, source)
+        return cls(mean_shifted + shift, cov, count, extractor.name, source, extras={"image_size": size})
+
+    @property
+    def image_size(self) -> list[int] | None:
+        """``[H, W]`` of the real images (None for statistics made from features or by older versions)."""
+        return self.extras.get("image_size")
+
+    def check_image_size(self, images: torch.Tensor) -> None:
+        """Raise when generated ``images`` differ in size from the real images behind these statistics."""
+        size = [int(images.shape[-2]), int(images.shape[-1])]
+        if self.image_size is not None and list(self.image_size) != size:
+            h, w = self.image_size
+            raise ValueError(
+                f"the real statistics were made from {h}x{w} images but the generator makes {size[0]}x{size[1]}; "
+                "FID between images seen at different resolutions measures the resize, not the generator. "
+                f"Recompute them at {size[0]}x{size[1]} (RealStats.from_images on real images of that size, or "
+                f"toy_real_stats(size={size[0]})).")
 
     def check_usable(self, extractor_name: str, dim: int) -> None:
         """Raise unless these statistics fit features of ``extractor_name`` with ``dim`` dimensions."""
@@ -285,7 +302,8 @@ class RealStats:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save({"format": STATS_FORMAT, "version": STATS_VERSION, "mean": self.mean, "cov": self.cov,
-                    "count": self.count, "extractor": self.extractor, "source": self.source}, path)
+                    "count": self.count, "extractor": self.extractor, "source": self.source,
+                    "image_size": self.image_size}, path)
         return path
 
     @classmethod
@@ -293,8 +311,9 @@ class RealStats:
         blob = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(blob, dict) or blob.get("format") != STATS_FORMAT or blob.get("version") != STATS_VERSION:
             raise ValueError(f"{path} is not a gan_monitor real-statistics file (version {STATS_VERSION}).")
+        size = blob.get("image_size")
         return cls(blob["mean"].double(), blob["cov"].double(), int(blob["count"]), str(blob["extractor"]),
-                   str(blob.get("source", "")))
+                   str(blob.get("source", "")), extras={"image_size": list(size)} if size else {})
 
     @classmethod
     def cached(cls, path: str | Path, images, extractor=None, source: str = "", device=None) -> "RealStats":

@@ -25,6 +25,7 @@ them, and after ablating as many random units (several draws).
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -108,8 +109,22 @@ def _check_real(real_stats) -> RealStats:
     return real_stats
 
 
+def _check_first_images(images: torch.Tensor, extractor, real: RealStats | None) -> None:
+    """The first generated batch against the real statistics' image size, and a warning when
+    the embedded toy extractor is asked to describe images unlike the toy world's."""
+    if real is not None:
+        real.check_image_size(images)
+    h, w = int(images.shape[-2]), int(images.shape[-1])
+    if str(getattr(extractor, "name", "")).startswith("toy-") and (h != w or h > 128 or h < 16):
+        warnings.warn(
+            f"gan_monitor: per-unit FID uses the embedded toy-scene extractor ({extractor.name}), trained on the toy "
+            f"world's small square outdoor scenes, on {h}x{w} images; its features cannot describe such images "
+            "well. Use InceptionFeatures(weights_path=...) (pip install 'gan-monitor[fid]') or your own "
+            "ModuleFeatures(network) for real data.", stacklevel=4)
+
+
 def _generated_features(generator, inputs, extractor, batch_size, device, progress, desc,
-                        layers=(), on_batch: Callable | None = None):
+                        layers=(), on_batch: Callable | None = None, real: RealStats | None = None):
     """Features of the generator's images for ``inputs``; ``on_batch(start, acts)`` sees
     the traced ``layers``' featuremaps of every batch."""
     feats = []
@@ -123,6 +138,8 @@ def _generated_features(generator, inputs, extractor, batch_size, device, progre
             images = call_generator(generator, batch)
         if not isinstance(images, torch.Tensor) or images.dim() != 4:
             raise ValueError("the generator must return images [N, 3, H, W] in [-1, 1].")
+        if start == 0:
+            _check_first_images(images, extractor, real)
         feats.append(extract_features(extractor, images))
         bar.update(images.shape[0])
     bar.close()
@@ -143,7 +160,7 @@ def per_unit_fid_layers(generator: nn.Module, layers: str | Sequence[str], *, po
     real.check_usable(extractor.name, real.dim)  # before generating anything
     drawn = inputs is None
     if drawn:
-        inputs = make_inputs(generator, pool, seed, input_fn)
+        inputs = make_inputs(generator, positive_int("pool", pool), seed, input_fn)
     m = num_samples(inputs)
     if isinstance(k, bool) or not isinstance(k, int) or k < 2:
         raise ValueError(f"k (top images per unit) must be an integer >= 2, got {k!r}.")
@@ -161,7 +178,7 @@ def per_unit_fid_layers(generator: nn.Module, layers: str | Sequence[str], *, po
 
     with eval_mode(generator), torch.no_grad():
         feats = _generated_features(generator, inputs, extractor, batch_size, device, progress,
-                                    "per-unit FID: pool", layers, on_batch)
+                                    "per-unit FID: pool", layers, on_batch, real=real)
     real.check_usable(extractor.name, feats.shape[1])
     factor = covariance_factor(real.cov)
     pool_fid = frechet_distance(feats, real, factor)

@@ -57,6 +57,14 @@ def validate_segmenter(segmenter: object) -> None:
         )
     if len(concepts) < 2:
         raise ValueError("segmenter must name at least one concept besides index 0 (unlabeled).")
+    seen, twice = set(), []
+    for name in concepts:
+        if name in seen and name not in twice:
+            twice.append(name)
+        seen.add(name)
+    if twice:
+        raise ValueError(f"segmenter names concept(s) {twice} more than once; a unit's label would be ambiguous. "
+                         "Give every concept index a distinct name (e.g. 'wall' and 'wall-2', or merge the classes).")
 
 
 def validate_segmentation(seg: torch.Tensor, n_images: int, n_concepts: int) -> torch.Tensor:
