@@ -27,16 +27,16 @@ from gan_monitor.callbacks.ace import AceOptions, AceSchedule
 from gan_monitor.callbacks.context import (
     MonitorContext,
     PictureOptions,
-    describe_generator,
     find_generator,
     logging_step,
 )
 from gan_monitor.callbacks.distributed_dissection import communicator, dissect_on_every_rank, log_dissection
 from gan_monitor.callbacks.failure_policy import CountsFailures, FailurePolicy
 from gan_monitor.callbacks.legacy_arguments import translate_legacy_arguments
+from gan_monitor.callbacks.resume import KEY_PREFIX, adopt_earlier_state, find_earlier_state, monitor_config
 from gan_monitor.callbacks.training_signals import SignalOptions, SignalSchedule
 from gan_monitor.callbacks.unit_fid import UnitFIDOptions, UnitFIDSchedule
-from gan_monitor.core.held_out import HeldOutSample, checksum
+from gan_monitor.core.held_out import HeldOutSample
 from gan_monitor.core.validation import integer, positive_int
 from gan_monitor.dissection.options import DissectionOptions
 from gan_monitor.dissection.thresholds.modes import IQR, Quantile
@@ -46,11 +46,6 @@ from gan_monitor.segmenters.base import validate_segmenter
 __all__ = ["DissectionMonitor", "PictureOptions", "UnitFIDOptions", "AceOptions"]  # and DissectionMonitorPL (lazy)
 
 _STATE_VERSION = 1
-# IQR fields as the 0.1 monitor's dissect_options named them (kept in state_key, so that
-# checkpoints written by 0.1 resume with their monitor state)
-_IQR_KEYS = {"n": "iqr_n", "levels": "iqr_levels", "max_fraction": "iqr_max_fraction", "min_lift": "iqr_min_lift",
-             "subsample": "iqr_subsample"}
-
 
 def _summary_numbers(summary: dict[str, Any]) -> dict[str, Any]:
     return {k: summary[k] for k in ("units", "interpretable_units", "concept_diversity", "mean_iou",
@@ -144,7 +139,11 @@ class _MonitorLogic(CountsFailures):
     state (the per-unit FIDs and their step, the causal-effect history). A resumed run
     draws the same held-out inputs (and warns if they differ), continues the history and
     never logs a step twice. ``state_key`` names the layers, generator, sample, threshold,
-    IoU variant, cutoff and schedule, so several monitors can run in one Trainer.
+    IoU variant, cutoff and schedule, so several monitors can run in one Trainer. Resumed
+    with other settings (e.g. another ``n`` or ``seed``), the monitor still finds its own
+    state (same layers and generator), keeps the batch counter and history, warns once with
+    what changed and from which step, and records sample changes in ``sample_changes``
+    (:mod:`gan_monitor.callbacks.resume`).
     """
 
     def __init__(
@@ -224,6 +223,7 @@ class _MonitorLogic(CountsFailures):
         self.batches_seen = 0  # training batches completed (not optimizer steps)
         self.last_step: int | None = None  # logger step of the last dissection
         self.history: list[dict[str, Any]] = []
+        self.sample_changes: list[dict[str, Any]] = []  # resumes under another (n, seed): resume.py
         # runtime only
         self.last_result = None
 
@@ -263,20 +263,7 @@ class _MonitorLogic(CountsFailures):
     # ---- identity and checkpoint state -----------------------------------------
     @property
     def state_key(self) -> str:
-        t = self.options.threshold
-        extra = {}
-        if isinstance(t, IQR):
-            options = [(_IQR_KEYS[k], getattr(t, k)) for k in _IQR_KEYS if getattr(t, k) != getattr(IQR(), k)]
-            if t.inputs is not None:
-                options.append(("iqr_inputs", checksum(t.inputs)))
-            extra = {"options": sorted(options)} if options else {}
-        if self.options.image_range != (-1.0, 1.0):
-            extra["image_range"] = self.options.image_range
-        config = dict(layers=self.layers, generator=describe_generator(self.generator), n=self.sample.n,
-                      seed=self.sample.seed, threshold=t.name, quantile=t.q if isinstance(t, Quantile) else t.fallback,
-                      iou=self.options.iou, cutoff=self.options.cutoff,
-                      every_n_steps=self.every_n_steps, every_n_epochs=self.every_n_epochs, **extra)
-        return f"DissectionMonitor{config!r}"
+        return f"{KEY_PREFIX}{monitor_config(self)!r}"
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -289,6 +276,8 @@ class _MonitorLogic(CountsFailures):
             "unit_fid": self.unit_fid.state_dict(),
             "ace": self.ace.state_dict(),
             "signals": self.signals.state_dict(),
+            "config": monitor_config(self),
+            "sample_changes": [dict(c) for c in self.sample_changes],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -300,6 +289,12 @@ class _MonitorLogic(CountsFailures):
         self.unit_fid.load_state_dict(state.get("unit_fid"))
         self.ace.load_state_dict(state.get("ace"))
         self.signals.load_state_dict(state.get("signals"))
+        self.sample_changes = [dict(c) for c in state.get("sample_changes", [])]
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        earlier = find_earlier_state(self, trainer, checkpoint)  # saved under other settings (e.g. n, seed)
+        if earlier is not None:
+            self.load_state_dict(adopt_earlier_state(self, *earlier))
 
     # ---- Lightning hooks ------------------------------------------------------------
     def setup(self, trainer, pl_module, stage: str | None = None) -> None:

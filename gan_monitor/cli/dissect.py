@@ -284,6 +284,9 @@ def run(args: argparse.Namespace) -> int:
         checked_device("--device", args.device)
     except ValueError as err:
         raise UsageError(str(err)) from err
+    if args.real_stats not in (None, "toyworld") and not Path(args.real_stats).is_file():
+        raise UsageError(f"--real-stats {args.real_stats}: no such file; give a file written by ConceptStats.save, "
+                         "or --real-stats toyworld.")
     try:
         work = (args.checkpoints, layers, args.out, settings)
         if launch.torchrun_world_size() > 1:  # started by torchrun: this process is one rank

@@ -163,12 +163,13 @@ class AceResult:
 
 
 def _mean_ci(x: torch.Tensor, low: float = -math.inf, high: float = math.inf) -> tuple[float, tuple[float, float]]:
-    """Mean and 95 % normal interval, clipped to ``[low, high]`` (the quantity's range)."""
-    mean = float(x.double().mean())
+    """Mean and 95 % normal interval, clipped to ``[low, high]`` (the quantity's range; the
+    mean itself can leave it only by float rounding)."""
+    mean = min(high, max(low, float(x.double().mean())))
     if x.numel() < 2:
         return mean, (mean, mean)
     half = 1.96 * float(x.double().std()) / math.sqrt(x.numel())
-    return mean, (min(mean, max(low, mean - half)), max(mean, min(high, mean + half)))  # rounding: keep the mean inside
+    return mean, (min(mean, max(low, mean - half)), max(mean, min(high, mean + half)))
 
 
 def check_region(region, shape: tuple[int, int, int], n: int) -> torch.Tensor | None:
@@ -248,7 +249,7 @@ def ace(generator: nn.Module, layer: str, units: Sequence[int], concept: str | i
                          "images, so its change cannot be normalised (Eq. 4 divides by its mean fraction). Pick a "
                          "concept the generator draws, or use more / other held-out inputs (n=, inputs=).")
     diff = (before - after) if mode == "ablate" else (after - before)
-    per_image = diff / normaliser
+    per_image = diff.double() / normaliser
     mean, ci = _mean_ci(per_image, high=1.0) if mode == "ablate" else _mean_ci(per_image, low=-1.0)
     return AceResult(
         concept=list(segmenter.concepts)[c], mode=mode, layer=layer, units=units, before=before, after=after,

@@ -62,12 +62,12 @@ def test_ablating_planted_units_removes_the_concept_and_decoys_do_not(world):
     assert torch.allclose(planted.before, before) and torch.allclose(planted.after, after)
     assert planted.fraction_removed == pytest.approx(float((before.sum() - after.sum()) / before.sum()), abs=1e-6)
     per = (before - after) / before.mean()
-    assert torch.allclose(planted.per_image, per, atol=1e-6)
+    assert torch.allclose(planted.per_image, per.double(), atol=1e-6)
     half = 1.96 * float(per.double().std()) / 8
     # the normal interval, clipped at 1: ablation cannot remove more than all of the concept
     assert float(per.mean()) + half > 1.0  # (so the clipping is exercised here)
-    expected = (float(per.mean()) - half, max(planted.mean, 1.0))
-    assert planted.ci == pytest.approx(expected, abs=1e-6) and planted.ci[1] <= 1.0 + 1e-6
+    assert planted.ci == pytest.approx((float(per.mean()) - half, 1.0), abs=1e-6) and planted.ci[1] <= 1.0
+    assert planted.mean <= 1.0
 
 
 def test_insertion_depends_on_context(world):

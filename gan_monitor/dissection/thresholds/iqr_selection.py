@@ -28,6 +28,7 @@ from gan_monitor.dissection.tally import LayerTally, category_index, encode_segm
 from gan_monitor.dissection.thresholds.iqr import PixelSubsample, count_levels, level_fractions, score_levels
 from gan_monitor.dissection.thresholds.modes import IQR
 from gan_monitor.dissection.thresholds.quantile import interpolate_at
+from gan_monitor.dissection.thresholds.sparse_tally import tally_above
 from gan_monitor.dissection.top_samples import TopSamples
 
 __all__ = ["iqr_pass", "candidate_levels", "pick_levels", "replay_cache"]
@@ -65,7 +66,7 @@ def iqr_pass(runner, inputs, iqr_inputs, layers, mode: IQR, iou: str, topk: int,
             ids = runner.global_ids(start, seg.shape[0], seg.device)
             for name, a in acts.items():
                 samples.setdefault(name, TopSamples(a.shape[1], topk, device=a.device)).update(a, start, ids)
-                tallies[name].update(a, encoded)
+                tally_above(tallies[name], a, encoded)  # = tallies[name].update(a, encoded), sparsely
 
     run_phase(comm, "dissection (generator and segmenter)", tally_pass)
     return thresholds, tallies, samples, labels
