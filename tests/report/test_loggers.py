@@ -57,10 +57,39 @@ def fit(tmp_path, loggers):
     return entry
 
 
+def wandb_records(data: bytes) -> list[bytes]:
+    """The records of a W&B run file: a 7-byte header (":W&B", magic, version), then 32 KiB
+    blocks of records, each with a 7-byte header (crc32, little-endian length, type: 1 full,
+    2 first, 3 middle, 4 last fragment of a record that crosses a block boundary)."""
+    block, pos, out, pending = 32768, 7, [], b""
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:  # the tail of a block too short for a header is padding
+            pos += left
+            continue
+        length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
+        if kind == 0:  # zero padding to the end of the block
+            pos += left
+            continue
+        chunk = data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind == 1:
+            out.append(chunk)
+        elif kind == 2:
+            pending = chunk
+        elif kind == 3:
+            pending += chunk
+        elif kind == 4:
+            out.append(pending + chunk)
+            pending = b""
+    return out
+
+
 def wandb_history(run_file) -> dict[str, str]:
     """``{key: value_json}`` of the history items in a W&B run file (protobuf HistoryItem:
-    field 2 ``key``, field 16 ``value_json``)."""
-    data = run_file.read_bytes()
+    field 2 ``key``, field 16 ``value_json``), read from the reassembled records (a record
+    may be split across blocks)."""
+    data = b"".join(wandb_records(run_file.read_bytes()))
     items = {}
     for m in re.finditer(rb"\x12([\x01-\x7f])(gan_monitor/[\x20-\x7e]+?)\x82\x01([\x01-\x7f])", data):
         if len(m.group(2)) == m.group(1)[0]:
