@@ -9,6 +9,12 @@
     image on this kind of CPU). Goal <= 0.11 s.
 
     OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/dissect.py [--threads 1] [--n 256]
+(m) Peak memory (RSS, ``resource.getrusage`` in a fresh subprocess per run) of a
+    quantile-mode dissection of the toy GAN at two sample sizes (``--memory-n``, default
+    200,2000; the issue's figures: ``--memory-n 1000,10000``, about 15 min on one thread),
+    at the default ``memory_budget`` and with the budget forced low (the streaming path),
+    with each run's wall time and path. Goal: the larger n <= 1.2x the smaller at the
+    default budget (memory independent of n) and likewise streaming.
 
 (a) runs ``--repeat`` rounds after one warm-up call of each; a round times the forward
 pass, the quantile-mode and the iqr-mode dissection back to back. It prints the best
@@ -20,15 +26,19 @@ threads (default 1).
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import resource
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
 
 from gan_monitor import dissect
 from gan_monitor.dissection.tally import LayerTally
-from gan_monitor.dissection.thresholds.modes import IQR
+from gan_monitor.dissection.thresholds.modes import IQR, IQR_SEED_OFFSET
 
 
 def best_of(repeat, fn):
@@ -55,6 +65,7 @@ def bench_ratio(n, batch_size, layers, repeat):
     generator = ToyGenerator().eval()
     segmenter = load_segmenter()
     z = generator.sample_latents(n, seed=0)
+    z_iqr = generator.sample_latents(n, seed=IQR_SEED_OFFSET)  # the separate iqr sample, as dissect draws it
 
     def forward_only():
         with torch.no_grad():
@@ -64,7 +75,8 @@ def bench_ratio(n, batch_size, layers, repeat):
     runs = {
         "forward": forward_only,
         "quantile": lambda: dissect(generator, layers, segmenter, inputs=z, batch_size=batch_size),
-        "iqr": lambda: dissect(generator, layers, segmenter, inputs=z, batch_size=batch_size, threshold=IQR()),
+        "iqr": lambda: dissect(generator, layers, segmenter, inputs=z, batch_size=batch_size,
+                               threshold=IQR(inputs=z_iqr)),
     }
     for run in runs.values():  # warm up (one-time probes, allocator)
         run()
@@ -112,21 +124,24 @@ def bench_tally(images, batch_size, repeat):
         def __init__(self):
             super().__init__()
             self.layer = torch.nn.Identity()
+            self.last = None
 
         def forward(self, index):
-            self.layer(acts[index])
-            return index
+            self.last = index
+            return torch.tanh(self.layer(acts[index])[:, :3])  # small images in [-1, 1]
 
     class ReplaySegmenter:
         concepts = ["-"] + [f"c{i}" for i in range(1, n_concepts)]
 
-        def segment(self, index):
-            return segs[index]
+        def segment(self, images):
+            return segs[replay.last]
 
     ReplaySegmenter.categories = categories
 
+    replay = Replay()
+
     def quantile_dissection():
-        return dissect(Replay(), "layer", ReplaySegmenter(), inputs=torch.arange(images), batch_size=batch_size)
+        return dissect(replay, "layer", ReplaySegmenter(), inputs=torch.arange(images), batch_size=batch_size)
 
     tally_only()
     t_tally = [t / images for t in best_of(repeat, tally_only)]
@@ -139,6 +154,39 @@ def bench_tally(images, batch_size, repeat):
           "s/image (exact thresholds + tally, no generator)")
 
 
+def memory_child(n, budget, layers, batch_size):
+    """Runs in a fresh process: one quantile-mode dissection; prints JSON with peak RSS."""
+    from gan_monitor.toyworld.gan import ToyGenerator
+    from gan_monitor.toyworld.segmenter import load_segmenter
+
+    torch.manual_seed(0)
+    generator, segmenter = ToyGenerator().eval(), load_segmenter()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    result = dissect(generator, layers, segmenter, n=n, seed=0, batch_size=batch_size,
+                     memory_budget=budget if budget > 0 else None)
+    print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "rss_before_mb": before / 1024, "wall_s": time.perf_counter() - start,
+                      "path": result.settings["quantile_path"], "budget": result.settings["memory_budget"]}))
+
+
+def bench_memory(sizes, layers, batch_size, threads, low_budget):
+    print(f"(m) peak RSS of a quantile-mode dissection, toy GAN, layers {layers}, batch {batch_size} "
+          "(fresh process per run)")
+    for label, budget in (("default budget", 0), (f"budget {low_budget} B (streaming)", low_budget)):
+        peaks = []
+        for n in sizes:
+            cmd = [sys.executable, __file__, "--child", f"{n},{budget}", "--layers", ",".join(layers),
+                   "--batch-size", str(batch_size), "--threads", str(threads)]
+            out = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip()
+                             .splitlines()[-1])
+            peaks.append(out["peak_rss_mb"])
+            print(f"    {label:34s} n={n:6d}: peak RSS {out['peak_rss_mb']:7.0f} MB "
+                  f"(at start {out['rss_before_mb']:.0f}),"
+                  f" {out['path']} path (budget {out['budget'] / 2**20:.0f} MiB), {out['wall_s']:.1f} s")
+        print(f"      n={sizes[-1]} / n={sizes[0]} peak RSS: {peaks[-1] / peaks[0]:.2f} (goal <= 1.2)")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=1)
@@ -147,15 +195,24 @@ def main():
     parser.add_argument("--layers", default="layer2,layer3")
     parser.add_argument("--tally-images", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--parts", default="a,b", help="which figures: a, b or a,b")
+    parser.add_argument("--parts", default="a,b,m", help="which figures, comma-separated: a, b, m")
+    parser.add_argument("--memory-n", default="200,2000", help="sample sizes of (m)")
+    parser.add_argument("--low-budget", type=int, default=1, help="bytes: forces the streaming path in (m)")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.child:
+        n, budget = (int(x) for x in args.child.split(","))
+        return memory_child(n, budget, args.layers.split(","), args.batch_size)
     print(f"torch {torch.__version__}, {args.threads} thread(s)")
     parts = args.parts.split(",")
     if "a" in parts:
         bench_ratio(args.n, args.batch_size, args.layers.split(","), args.repeat)
     if "b" in parts:
         bench_tally(args.tally_images, 8, args.repeat)
+    if "m" in parts:
+        bench_memory([int(x) for x in args.memory_n.split(",")], args.layers.split(","), args.batch_size,
+                     args.threads, args.low_budget)
 
 
 if __name__ == "__main__":

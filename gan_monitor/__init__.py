@@ -11,6 +11,7 @@ The public API, imported lazily (``import gan_monitor`` stays cheap):
 * training: ``DissectionMonitor`` (Lightning callback) with ``UnitFIDOptions``,
   ``AceOptions``, ``PictureOptions`` and ``SignalOptions``;
 * training signals: ``ConceptStats`` (concept statistics of real or generated images).
+* reports: ``write_report(result, generator, folder)`` (the HTML report with unit pictures).
 
 Where each stage lives: README "Layout"; the method: docs/method.md.
 """
@@ -45,6 +46,7 @@ _LAZY = {
     "PictureOptions": "gan_monitor.callbacks.context",
     "SignalOptions": "gan_monitor.callbacks.training_signals",
     "ConceptStats": "gan_monitor.signals.concept_stats",
+    "write_report": "gan_monitor.report.full_report",
 }
 
 

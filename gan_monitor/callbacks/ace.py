@@ -27,7 +27,8 @@ import torch
 
 from gan_monitor.callbacks.context import MonitorContext
 from gan_monitor.callbacks.failure_policy import CountsFailures, FailurePolicy
-from gan_monitor.core.inputs import index_inputs, make_inputs
+from gan_monitor.core.errors import AbsentConceptError
+from gan_monitor.core.inputs import default_input_fn, index_inputs, make_inputs
 from gan_monitor.core.validation import positive_int
 from gan_monitor.interventions.ace import ace
 from gan_monitor.interventions.causal_units import causal_units, check_differentiable
@@ -155,6 +156,8 @@ class AceSchedule(CountsFailures):
         batch_size = self.context.batch_size
         inputs = index_inputs(sample.inputs(generator, device), torch.arange(min(o.n, sample.n)))
         optimise_on = None  # images the causal optimisation sees: not the evaluation images
+        # the held-out sample is drawn by input_fn (default: Gaussian latents); its insertion values too
+        draw = sample.input_fn if sample.input_fn is not None else default_input_fn(generator)
         if o.causal:
             optimise_on = make_inputs(generator, o.n, sample.seed + 1, sample.input_fn, device)
         metrics = {}
@@ -163,15 +166,20 @@ class AceSchedule(CountsFailures):
             for concept in o.concepts:
                 c = list(dissection.concepts).index(concept)
                 units = torch.argsort(dissection.iou[:, c], descending=True, stable=True)[:m].tolist()
-                r = ace(generator, layer, units, concept, segmenter=segmenter, inputs=inputs,
-                        batch_size=batch_size, device=device)
+                try:
+                    r = ace(generator, layer, units, concept, segmenter=segmenter, inputs=inputs,
+                            batch_size=batch_size, device=device,
+                            allow_nondeterministic=self.context.allow_nondeterministic)
+                except AbsentConceptError:
+                    continue  # the generator draws none of it (yet): nothing to remove, left out
                 metrics[f"gan_monitor/{layer}/ace/{concept}/iou_top{m}_removed"] = r.fraction_removed
                 if o.causal:
                     cu = causal_units(generator, layer, concept, segmenter=segmenter, inputs=optimise_on,
-                                      seed=sample.seed + 1, input_fn=sample.input_fn, dissection=dissection,
+                                      seed=sample.seed + 1, input_fn=draw, dissection=dissection,
                                       top_n=m, evaluate=False, epochs=1, batch_size=min(16, batch_size),
                                       device=device)
                     r = ace(generator, layer, cu.ranking[:m], concept, segmenter=segmenter, inputs=inputs,
-                            batch_size=batch_size, device=device)
+                            batch_size=batch_size, device=device,
+                            allow_nondeterministic=self.context.allow_nondeterministic)
                     metrics[f"gan_monitor/{layer}/ace/{concept}/causal_top{m}_removed"] = r.fraction_removed
-        return {k: float(v) for k, v in metrics.items() if v == v}  # NaN (concept absent) left out
+        return {k: float(v) for k, v in metrics.items()}

@@ -137,6 +137,8 @@ class MonitorContext:
         strict: raise a failure instead of warning once and going on.
         pictures: the monitor's :class:`PictureOptions`.
         select_image_loggers: ``loggers -> the ones that take pictures``.
+        allow_nondeterministic: warn instead of refusing a generator whose images change
+            for the same inputs (``gan_monitor.core.determinism``).
     """
 
     layers: tuple[str, ...]
@@ -149,6 +151,7 @@ class MonitorContext:
     strict: bool = False
     pictures: PictureOptions = field(default_factory=PictureOptions)
     select_image_loggers: Callable[[Sequence[Any]], list[Any]] = tensorboard_loggers
+    allow_nondeterministic: bool = False
 
     def logging_step(self, trainer, after_batch: bool) -> int:
         """:func:`logging_step` at the current batch count."""

@@ -33,7 +33,7 @@ from gan_monitor.callbacks.context import (
 from gan_monitor.callbacks.distributed_dissection import communicator, dissect_on_every_rank, log_dissection
 from gan_monitor.callbacks.failure_policy import CountsFailures, FailurePolicy
 from gan_monitor.callbacks.legacy_arguments import translate_legacy_arguments
-from gan_monitor.callbacks.resume import KEY_PREFIX, adopt_earlier_state, find_earlier_state, monitor_config
+from gan_monitor.callbacks.resume import KEY_PREFIX, monitor_config, restore_under_other_settings
 from gan_monitor.callbacks.training_signals import SignalOptions, SignalSchedule
 from gan_monitor.callbacks.unit_fid import UnitFIDOptions, UnitFIDSchedule
 from gan_monitor.core.held_out import HeldOutSample
@@ -82,6 +82,9 @@ class _MonitorLogic(CountsFailures):
             ``(0, 1)`` or ``(0, 255)``: mapped to [-1, 1] before segmenting).
             ``threshold``, ``iou``, ``cutoff``, ``batch_size`` and ``image_range`` are checked by
             :class:`gan_monitor.dissection.options.DissectionOptions` (``self.options``).
+        allow_nondeterministic: each dissection (and ACE) first runs a few held-out inputs twice
+            and refuses a generator whose images differ (e.g. StyleGAN noise drawn fresh at every
+            call; fix: noise as an input, a constant noise mode); True warns and goes on.
         pictures: :class:`~gan_monitor.callbacks.context.PictureOptions` ``(top_units=8,
             top_images=5, log_images=True)``: the unit grid shows the ``top_units`` best
             units of each layer with their ``top_images`` top-activating held-out images;
@@ -163,6 +166,7 @@ class _MonitorLogic(CountsFailures):
         cutoff: float = 0.05,
         batch_size: int = 100,
         image_range: tuple[float, float] = (-1.0, 1.0),
+        allow_nondeterministic: bool = False,
         pictures: PictureOptions | None = None,
         unit_fid: UnitFIDOptions | None = None,
         ace: AceOptions | None = None,
@@ -200,7 +204,8 @@ class _MonitorLogic(CountsFailures):
         self.pictures = new["pictures"] or PictureOptions()
         self.options = DissectionOptions(threshold=new["threshold"], iou=iou, cutoff=cutoff,
                                          topk=self.pictures.top_images, batch_size=batch_size,
-                                         image_range=image_range)
+                                         image_range=image_range,
+                                         allow_nondeterministic=allow_nondeterministic)
         self.layers = layers
         self.segmenter = segmenter
         self.generator = generator
@@ -215,6 +220,7 @@ class _MonitorLogic(CountsFailures):
             layers=tuple(layers), segmenter=segmenter, sample=self.sample, resolve_generator=self.resolve_generator,
             batches_seen=self._batches_seen, latest_dissection=self._latest_dissection,
             batch_size=self.options.batch_size, strict=self.strict, pictures=self.pictures,
+            allow_nondeterministic=self.options.allow_nondeterministic,
             select_image_loggers=self._writer.rich_loggers)
         self.unit_fid = UnitFIDSchedule(new["unit_fid"], self.context)  # per-unit FID, artifact ablation
         self.ace = AceSchedule(new["ace"], self.context)  # causal effects
@@ -292,9 +298,7 @@ class _MonitorLogic(CountsFailures):
         self.sample_changes = [dict(c) for c in state.get("sample_changes", [])]
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint) -> None:
-        earlier = find_earlier_state(self, trainer, checkpoint)  # saved under other settings (e.g. n, seed)
-        if earlier is not None:
-            self.load_state_dict(adopt_earlier_state(self, *earlier))
+        restore_under_other_settings(self, trainer, checkpoint)  # e.g. another n or seed (resume.py)
 
     # ---- Lightning hooks ------------------------------------------------------------
     def setup(self, trainer, pl_module, stage: str | None = None) -> None:

@@ -92,7 +92,8 @@ def dissect_on_every_rank(context: MonitorContext, options: DissectionOptions, u
     result = dissect(generator, list(context.layers), context.segmenter, inputs=inputs, n=sample.n,
                      seed=sample.seed, input_fn=input_fn, threshold=options.threshold, iou=options.iou,
                      cutoff=options.cutoff, batch_size=options.batch_size, topk=options.topk, device=device,
-                     distributed=comm, exclude_units=unit_fid.exclude_units(), image_range=options.image_range)
+                     distributed=comm, exclude_units=unit_fid.exclude_units(), image_range=options.image_range,
+                     allow_nondeterministic=options.allow_nondeterministic, memory_budget=options.memory_budget)
     unit_fid.annotate(result)
     return result, generator, inputs
 

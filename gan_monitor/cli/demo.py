@@ -1,5 +1,7 @@
-"""Train the toy GAN on the procedural scenes with the DissectionMonitor on, for a
-bounded time, and watch interpretable units emerge.
+"""Train a toy GAN on the procedural scenes with the DissectionMonitor on, for a
+bounded time, and watch interpretable units emerge. ``--arch`` picks the generator
+family: ``progan`` (default), ``stylegan`` or ``pix2pix`` (``demo_families``: the
+model, default layers and held-out inputs of each).
 
 Writes TensorBoard logs and checkpoints under --out (a new version_N folder per
 run), prints the `tensorboard --logdir` command to follow along, and at the end a
@@ -31,6 +33,16 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from gan_monitor.callbacks.context import PictureOptions
 from gan_monitor.callbacks.dissection_monitor import DissectionMonitor
 from gan_monitor.callbacks.training_signals import SignalOptions
+from gan_monitor.cli.demo_families import (
+    ARCHS,
+    checkpoint_input_fn,
+    family,
+    generator_attr,
+    layer_list,
+    make_model,
+    monitor_input_fn,
+    unknown_layers,
+)
 from gan_monitor.cli.dissect import REAL_SCENES, REAL_SEED, dissect_checkpoints
 from gan_monitor.cli.options import add_iou_argument, add_threshold_argument, checked
 from gan_monitor.core.errors import UsageError
@@ -69,8 +81,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--minutes", type=float, default=d["minutes"],
                    help=f"wall-clock budget of the whole demo (default {d['minutes']:g})")
     p.add_argument("--out", type=Path, default=Path(d["out"]), help=f"log folder (default {d['out']})")
-    p.add_argument("--layers", nargs="+", default=list(d["layers"]),
-                   help=f"generator layers to dissect (default {' '.join(d['layers'])})")
+    p.add_argument("--arch", choices=ARCHS, default="progan",
+                   help="generator family: progan (default), stylegan (mapping network, modulated convolutions, "
+                        "fixed noise as inputs) or pix2pix (U-Net conditioned on held-out label maps)")
+    p.add_argument("--layers", nargs="+", default=None,
+                   help=f"generator layers to dissect (default {' '.join(d['layers'])}; stylegan: "
+                        f"{' '.join(family('stylegan').layers)}; pix2pix: {' '.join(family('pix2pix').layers)})")
     p.add_argument("--n", type=int, default=d["n"], help=f"held-out samples (default {d['n']})")
     p.add_argument("--points", type=int, default=d["points"],
                    help=f"dissections to aim for after the first (default {d['points']})")
@@ -104,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     checked("--cutoff", fraction, args.cutoff, closed=True)
     try:
         run_demo(
-            minutes=args.minutes, out=args.out, layers=args.layers, n=args.n, points=args.points,
+            minutes=args.minutes, out=args.out, layers=args.layers, arch=args.arch, n=args.n, points=args.points,
             every_n_steps=args.every_n_steps, max_batches=args.max_batches,
             threshold=args.threshold, iqr_n=args.iqr_n, quantile=args.quantile, iou=args.iou, cutoff=args.cutoff,
             seed=args.seed, threads=args.threads, progress=not args.no_progress, signals=args.signals,
@@ -160,10 +176,13 @@ def make_monitor(segmenter, every_n_steps: int, *, layers: Sequence[str] = DEFAU
                  n: int = DEFAULTS["n"], seed: int = DEFAULTS["seed"],
                  threshold: str = DEFAULTS["threshold"], iqr_n: int = DEFAULTS["iqr_n"],
                  quantile: float = DEFAULTS["quantile"], iou: str = DEFAULTS["iou"],
-                 cutoff: float = DEFAULTS["cutoff"], signals: bool = False) -> DissectionMonitor:
-    """The demo's DissectionMonitor on ``ToyGAN.generator`` (also used by the overhead bench).
+                 cutoff: float = DEFAULTS["cutoff"], signals: bool = False, generator: str = "generator",
+                 input_fn: Callable | None = None) -> DissectionMonitor:
+    """The demo's DissectionMonitor on ``ToyGAN.generator`` (also used by the overhead bench;
+    ``generator``, ``input_fn``: another family's, ``demo_families``).
     ``signals``: log the training signals against the toy world's real statistics."""
-    return DissectionMonitor(list(layers), segmenter, generator="generator", every_n_steps=every_n_steps,
+    return DissectionMonitor(list(layers), segmenter, generator=generator, every_n_steps=every_n_steps,
+                             input_fn=input_fn,
                              n=n, seed=seed, threshold=demo_threshold(threshold, iqr_n, quantile), iou=iou,
                              cutoff=cutoff, batch_size=100, pictures=PictureOptions(top_units=8, top_images=5),
                              signals=SignalOptions(real_stats=real_scene_stats) if signals else None)
@@ -179,7 +198,8 @@ def run_demo(
     *,
     minutes: float = DEFAULTS["minutes"],
     out: str | Path = DEFAULTS["out"],
-    layers: Sequence[str] = DEFAULTS["layers"],
+    layers: Sequence[str] | None = None,
+    arch: str = "progan",
     n: int = DEFAULTS["n"],
     points: int = DEFAULTS["points"],
     every_n_steps: int | None = None,
@@ -196,17 +216,20 @@ def run_demo(
     echo: Callable[[str], None] = print,
     signals: bool = False,
 ) -> dict[str, Any]:
-    """Run the demo; returns the log folder, the monitor's history and timings."""
+    """Run the demo; returns the log folder, the monitor's history and timings.
+    ``arch``: ``progan``, ``stylegan`` or ``pix2pix``; ``layers`` default to the family's."""
     start = time.perf_counter()
     torch.set_num_threads(int(threads))
     out = Path(out)
+    layers = list(family(arch).layers if layers is None else layers)
     pl.seed_everything(seed, verbose=False)
-    model = ToyGAN(data_seed=seed, **(gan_kwargs or {}))
-    unknown = [name for name in layers if name not in layer_names(model.generator)]
+    model = make_model(arch, seed, gan_kwargs)
+    attr = generator_attr(model)
+    unknown = unknown_layers(getattr(model, attr), layers)
     if unknown:
-        raise ValueError(f"the toy generator has no layer(s) {unknown}; its blocks are "
-                         f"{', '.join(model.generator.layer_names)} (any of: "
-                         f"{', '.join(layer_names(model.generator))}).")
+        raise ValueError(f"the toy {arch} generator has no layer(s) {unknown}; its blocks are "
+                         f"{layer_list(getattr(model, attr))} (any of: "
+                         f"{', '.join(layer_names(getattr(model, attr)))}).")
     segmenter = load_segmenter()
 
     budget = minutes * 60.0
@@ -217,7 +240,7 @@ def run_demo(
         replan = _Replan(start + budget - _RESERVE_SECONDS, points, max_batches, echo)
     monitor = make_monitor(segmenter, every_n_steps or 10**9, layers=layers, n=n, seed=seed,
                            threshold=threshold, iqr_n=iqr_n, quantile=quantile, iou=iou, cutoff=cutoff,
-                           signals=signals)
+                           signals=signals, generator=attr, input_fn=monitor_input_fn(arch, model))
     if replan is not None:
         replan.monitor = monitor
     logger = TensorBoardLogger(str(out), name="", default_hp_metric=False)
@@ -248,12 +271,17 @@ def run_demo(
         "fit_seconds": fit_seconds, "dissect_seconds": dissect_seconds,
         "every_n_steps": monitor.every_n_steps, "checkpoint_dir": os.path.join(logger.log_dir, "checkpoints"),
         "total_seconds": time.perf_counter() - start,
-        "settings": {"layers": list(layers), "n": n, "seed": seed, "threshold": threshold,
+        "settings": {"arch": arch, "generator_attr": attr, "layers": list(layers), "n": n, "seed": seed,
+                     "threshold": threshold,
                      "iqr_n": iqr_n if threshold == "iqr" else None,
                      "quantile": quantile, "iou": iou, "cutoff": cutoff, "threads": threads,
                      "signals": bool(signals)},
     }
-    summary["report"] = _report_last_checkpoint(summary, echo, progress)
+    usable, spec = checkpoint_input_fn(arch, model)
+    summary["settings"]["input_fn"] = spec
+    summary["report"] = _report_last_checkpoint(summary, echo, progress) if usable else None
+    if not usable:
+        echo("(no report of the last checkpoint: the demo's input functions fit its default image and latent sizes)")
     with open(os.path.join(logger.log_dir, "demo_summary.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=1)
     return summary
@@ -268,6 +296,8 @@ def _report_last_checkpoint(summary: dict[str, Any], echo, progress: bool) -> st
     st = summary["settings"]
     out = Path(summary["log_dir"]) / "dissect_last"
     dissect_checkpoints([last], st["layers"], out, n=st["n"], seed=st["seed"],
+                        module=family(st.get("arch", "progan")).module,
+                        generator_attr=st.get("generator_attr", "generator"), input_fn=st.get("input_fn"),
                         threshold=demo_threshold(st["threshold"], st["iqr_n"], st["quantile"]), iou=st["iou"],
                         cutoff=st["cutoff"], progress=progress, echo=lambda line: None,
                         real_stats="toyworld" if st.get("signals") else None)

@@ -17,7 +17,11 @@ files (the callback's tags; x-axis = the monitor's batch counter saved in the
 checkpoint, as the callback's curves, else the checkpoint's global_step; the text tag
 gan_monitor/x_axis says which); summary.csv
 (one row per checkpoint and layer, also printed) and timeline.json (the index
-`gan-monitor report` reads).
+`gan-monitor report` reads). Every file is written atomically; run.json says "running"
+until the end, so an interrupted run never looks finished (`report` and `compare`
+refuse it): run the same command again to complete it (finished checkpoints are kept).
+An --out folder that holds a run with other settings is refused unless --overwrite
+(which replaces it whole); the same settings with more checkpoints extend it.
 
 Exit codes: 0 done, 1 error (one line; --debug shows the traceback), 2 bad usage.
 """
@@ -29,13 +33,16 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import torch
 from tqdm.auto import tqdm
 
 from gan_monitor.cli.options import (
+    add_generator_arguments,
     add_iou_argument,
     add_threshold_argument,
     checked,
     dissection_options,
+    load_input_fn,
 )
 from gan_monitor.core import launch
 from gan_monitor.core.checkpoints import load_generator
@@ -47,22 +54,21 @@ from gan_monitor.core.errors import (
     UsageError,
 )
 from gan_monitor.core.inputs import make_inputs
-from gan_monitor.core.tracing import layer_names
+from gan_monitor.core.tracing import layer_names, unknown_layers
 from gan_monitor.core.validation import checked_device, positive_float, positive_int
 from gan_monitor.dissection.options import DissectionOptions
 from gan_monitor.dissection.pipeline import dissect
-from gan_monitor.report import pictures
+from gan_monitor.report.full_report import write_unit_pictures
 from gan_monitor.report.loggers import MediaLogger
+from gan_monitor.report.run_record import checkpoint_key, file_stamp, prepare_run, run_settings
 from gan_monitor.report.signals_view import signal_media
 from gan_monitor.report.store import (
     TENSORBOARD,
     CheckpointEntry,
     OutputFolder,
-    save_image,
     summary_rows,
 )
 from gan_monitor.report.tensorboard import DissectionWriter
-from gan_monitor.report.unit_examples import top_unit_examples
 from gan_monitor.segmenters import specs as segmenter_specs
 from gan_monitor.signals.checkpoint_steps import with_monitor_axis
 from gan_monitor.signals.concept_stats import ConceptStats, toyworld_real_stats
@@ -84,12 +90,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="Lightning .ckpt files or generator state dicts (several: a timeline)")
     p.add_argument("--layers", required=True, help="comma-separated generator layers, e.g. layer2,layer3")
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--module", default="gan_monitor.toyworld.gan:ToyGAN",
-                   help="LightningModule class of .ckpt files (default: the toy GAN)")
-    p.add_argument("--generator-factory", default=None, metavar="pkg.mod:function",
-                   help="function building the generator, for plain state dicts")
-    p.add_argument("--generator-attr", default="generator",
-                   help="attribute of the LightningModule holding the generator (default generator)")
+    add_generator_arguments(p)  # --module, --generator-factory, --generator-attr, --input-fn
     p.add_argument("--n", "--samples", dest="n", type=int, default=1000,
                    help="held-out samples (default 1000; under torchrun write --samples: torchrun takes --n for itself)")
     p.add_argument("--seed", type=int, default=0, help="seed of the held-out latents (default 0)")
@@ -114,6 +115,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "for the procedural scenes): adds the generated-vs-real training signals to the outputs")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="load with weights_only=False (only for files you trust: unpickling can run code)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an --out folder that holds another run (without it such a folder is refused; "
+                        "a run with the same settings completes or extends the folder)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
@@ -143,21 +147,17 @@ def load_real_stats(spec: str | None, segmenter: str) -> ConceptStats | None:
 
 
 def _write_outputs(store: OutputFolder, entry: CheckpointEntry, generator, result, options: DissectionOptions,
-                   n: int, seed: int, device, writer: DissectionWriter, logger) -> None:
+                   n: int, seed: int, device, writer: DissectionWriter, logger, input_fn=None) -> None:
     """dissection.json, one PNG per unit (its top images, mask outlined) and the TensorBoard
     events of one checkpoint; each unit's top images are generated once for both."""
     store.write_dissection(entry, result)
-    inputs = make_inputs(generator, n, seed)
+    inputs = make_inputs(generator, n, seed, input_fn=input_fn)  # the dissection's held-out inputs
     grid_examples = {}
-    for layer, ld in result.items():
-        examples = top_unit_examples(generator, inputs, ld, list(range(ld.num_units)), options.topk, device=device)
-        cutoff, labels = ld.settings.get("cutoff"), ld.labels
-        for unit, images, masks in examples:
-            caption = pictures.unit_caption(unit, labels[unit], float(ld.unit_iou[unit]), cutoff)
-            save_image(store.unit_picture_path(entry, layer, unit), pictures.unit_row(images, masks, caption))
+    for layer, examples in write_unit_pictures(store, entry, generator, result, inputs, options.topk,
+                                               device=device).items():
         by_unit = {unit: (images, masks) for unit, images, masks in examples}
         grid_examples[layer] = [(u, by_unit[u][0][:GRID_IMAGES], by_unit[u][1][:GRID_IMAGES])
-                                for u in ld.ranked_units(only_interpretable=False)[:GRID_UNITS]]
+                                for u in result[layer].ranked_units(only_interpretable=False)[:GRID_UNITS]]
     writer.write([logger], result, int(entry.x), grid_examples)
 
 
@@ -167,9 +167,12 @@ def dissect_checkpoints(checkpoints: Sequence[Path], layers: Sequence[str], out:
                         threshold: Any = "quantile", iou: str = "plain", cutoff: float = 0.05,
                         segmenter: str = "toyworld", device: str = "cpu", batch_size: int = 32, images: int = 5,
                         trust: bool = False, progress: bool = True, echo: Callable[[str], Any] = print,
-                        real_stats: str | None = None, comm=None) -> dict[str, Any]:
+                        real_stats: str | None = None, input_fn: str | None = None, comm=None, overwrite: bool = False,
+                        command: str = "") -> dict[str, Any]:
     """Dissect each checkpoint; write JSON, pictures, TensorBoard events, summary.csv, timeline.json
-    (the layout of :mod:`gan_monitor.report.store`).
+    (the layout of :mod:`gan_monitor.report.store`) and run.json (:mod:`gan_monitor.report.run_record`:
+    a folder of another run is refused unless ``overwrite``; one of a run with the same settings is
+    completed or extended, its finished checkpoints kept; ``command`` is the rerun hint).
 
     ``comm``: a ``gan_monitor.core.distributed`` communicator; every rank dissects its share of
     the held-out samples and rank 0 writes the outputs (the same as one process)."""
@@ -185,45 +188,76 @@ def dissect_checkpoints(checkpoints: Sequence[Path], layers: Sequence[str], out:
         except CheckpointError as err:
             raise CommandError(str(err)) from err
         for item in loaded:
-            unknown = [name for name in layers if name not in layer_names(item.generator)]
+            unknown = unknown_layers(item.generator, layers)  # "block:0", "act#1" allowed
             if unknown:
                 raise CommandError(f"{item.path}: the generator has no layer(s) {', '.join(unknown)}; "
                                    f"available: {', '.join(layer_names(item.generator))}.")
-        return loaded, load_segmenter_spec(segmenter, device), load_real_stats(real_stats, segmenter)
+        return (loaded, load_segmenter_spec(segmenter, device), load_real_stats(real_stats, segmenter),
+                load_input_fn(input_fn))
 
-    loaded, seg, real = _unwrapped(comm, "loading", load)
+    loaded, seg, real, draw = _unwrapped(comm, "loading", load)
     timeline = UnitTimeline()
     # a timeline is ordered by training step; plain state dicts keep their command-line order
     order = sorted(range(len(loaded)), key=lambda i: (loaded[i].step is None, loaded[i].step or 0, i))
+    xs = [loaded[i].step if loaded[i].step is not None else position for position, i in enumerate(order)]
     store, writer, logger = OutputFolder(out), DissectionWriter(top_units=GRID_UNITS), None
+    record, fresh = _unwrapped(comm, "preparing --out", lambda: prepare_run(
+        out, run_settings(module=module, generator_factory=generator_factory, generator_attr=generator_attr, n=n,
+                          seed=seed, threshold=options.threshold, iou=options.iou, cutoff=options.cutoff,
+                          segmenter=segmenter, images=images, real_stats=real_stats, input_fn=input_fn),
+        overwrite=overwrite, command=command, checkpoints=[item.path for item in loaded]) if lead else (None, True))
+    # checkpoints a run with the same settings already finished here (the same on every rank)
+    skip = torch.zeros(len(order), dtype=torch.uint8)
     if lead:
-        out.mkdir(parents=True, exist_ok=True)
+        skip = torch.tensor([record.done_entry(checkpoint_key(loaded[i].path)) is not None for i in order],
+                            dtype=torch.uint8)
+    skip = comm.broadcast(skip).bool().tolist()
+    if lead:
+        store.reserve_names(d["name"] for d in record.done)
         # Lightning takes seconds to import; only this command needs it (for its TensorBoardLogger)
         from lightning.pytorch.loggers import TensorBoardLogger
 
-        logger = TensorBoardLogger(str(out), name=TENSORBOARD, version="", default_hp_metric=False)
-        axes = sorted({getattr(item, "axis", "") for item in loaded})
-        logger.experiment.add_text("gan_monitor/x_axis", "x-axis of these charts: " + "; ".join(axes), 0)
+        # completing a run: events an interrupted run left at or after the next step are hidden
+        # (all of them when it finished no checkpoint)
+        todo = [x for x, done in zip(xs, skip) if not done]
+        purge = None if fresh or not todo or min(todo) <= max(record.done_xs(), default=-1) else int(min(todo))
+        purge = 0 if not fresh and not record.done else purge
+        logger = TensorBoardLogger(str(out), name=TENSORBOARD, version="", default_hp_metric=False,
+                                   **({"purge_step": purge} if purge is not None else {}))
+        if fresh:  # on disk at once: a run completing this one does not write it again (text is never purged)
+            axes = sorted({getattr(item, "axis", "") for item in loaded})
+            logger.experiment.add_text("gan_monitor/x_axis", "x-axis of these charts: " + "; ".join(axes), 0)
+            logger.experiment.flush()
     entries, rows = [], []
     for position, i in enumerate(tqdm(order, desc="checkpoints", disable=not progress or len(order) < 2 or not lead)):
         item = loaded[i]
-        entry = store.new_entry(item.path, step=item.step, x=item.step if item.step is not None else position)
+        if skip[position]:  # finished by an earlier run of this command
+            if lead:
+                entry = store.adopt_entry(record.done_entry(checkpoint_key(item.path)))
+                timeline.update(entry.result, int(entry.x))
+                entries.append(entry)
+            continue
+        entry = store.new_entry(item.path, step=item.step, x=xs[position])
         try:
-            result = dissect(item.generator, list(layers), seg, n=n, seed=seed, threshold=options.threshold,
-                             iou=options.iou, cutoff=options.cutoff, batch_size=options.batch_size, device=device,
-                             topk=options.topk, progress=progress, distributed=comm)
+            result = dissect(item.generator, list(layers), seg, n=n, seed=seed, input_fn=draw,
+                             threshold=options.threshold, iou=options.iou, cutoff=options.cutoff,
+                             batch_size=options.batch_size, device=device, topk=options.topk, progress=progress,
+                             distributed=comm)
         except (KeyError, ValueError, TypeError, RankFailure) as err:
             raise CommandError(f"{item.path}: {str(err).strip()}") from err
         result.settings["checkpoint"] = str(item.path)
         result.settings["step"] = item.step
         result.settings["step_axis"] = item.axis
+        if input_fn is not None:
+            result.settings["input_fn"] = input_fn  # the --input-fn spec, for the report and a rerun
         if getattr(result, "sample_stats", None):  # generated-vs-real, diversity, unit churn
             signals = dissection_signals(result, real, timeline.update(result, int(entry.x)))
             result.settings["signals"] = signals.record()
 
         def write():
             if lead:
-                _write_outputs(store, entry, item.generator, result, options, n, seed, device, writer, logger)
+                _write_outputs(store, entry, item.generator, result, options, n, seed, device, writer, logger,
+                               input_fn=draw)
                 if "signals" in result.settings:
                     logger.log_metrics(signals.scalars(), step=int(entry.x))
                     images, tables = signal_media(signals, int(entry.x), axis=item.axis,
@@ -231,16 +265,24 @@ def dissect_checkpoints(checkpoints: Sequence[Path], layers: Sequence[str], out:
                     MediaLogger().log([logger], int(entry.x), images, tables)
 
         _unwrapped(comm, "writing", write)
+        if lead:
+            logger.experiment.flush()  # its events are on disk before the checkpoint counts as done
+            record.add_done(checkpoint_key(item.path), entry, file_stamp(item.path))
         entries.append(entry)
-        rows.extend(summary_rows(result, entry.name, item.step))
     if lead:
         logger.experiment.close()
+        entries = record.all_entries(store, entries)  # with checkpoints an earlier run added
+        rows = [row for e in entries for row in summary_rows(e.result, e.name, e.step)]
         store.write_timeline(layers, entries, {
             "n": n, "seed": seed, "threshold": options.threshold.name, "iou": options.iou, "cutoff": options.cutoff,
             "segmenter": segmenter, "module": module, "generator_factory": generator_factory,
-            "real_stats": real_stats})
+            "real_stats": real_stats, "input_fn": input_fn})
         table = store.write_summary(rows)
+        record.finish()  # last: only now does the folder read as finished
         echo(table.rstrip())
+        if any(skip):
+            echo(f"kept {sum(skip)} checkpoint(s) already dissected in {out} with these settings "
+                 "(add --overwrite to dissect everything again)")
         echo(f"wrote {len(entries)} dissection(s) to {out}; TensorBoard: tensorboard --logdir "
              f"{shlex.quote(str(out / TENSORBOARD))}; HTML: gan-monitor report {shlex.quote(str(out))}")
     return {"out": str(out), "checkpoints": [e.to_dict() for e in entries], "rows": rows}
@@ -266,6 +308,18 @@ def _dissect_rank(comm, device, checkpoints, layers, out, options):
     return 0, ""
 
 
+def _rerun_command(args: argparse.Namespace) -> str:
+    """This command line (what to run again to complete an interrupted run), without --overwrite."""
+    parser = getattr(args, "_parser", None)
+    words = ["gan-monitor", "dissect", *map(str, args.checkpoints)]
+    for action in getattr(parser, "_actions", []):
+        value = getattr(args, action.dest, None)
+        if not action.option_strings or action.dest in ("overwrite", "help") or value == action.default:
+            continue
+        words += [action.option_strings[0]] + ([] if action.nargs == 0 else [str(value)])
+    return shlex.join(words)
+
+
 def run(args: argparse.Namespace) -> int:
     checked("--n", positive_int, args.n)
     options = dissection_options(threshold=args.threshold, iou=args.iou, cutoff=args.cutoff, topk=args.images,
@@ -279,7 +333,8 @@ def run(args: argparse.Namespace) -> int:
                     n=args.n, seed=args.seed, threshold=options.threshold.name, iou=options.iou,
                     cutoff=options.cutoff, segmenter=args.segmenter, batch_size=options.batch_size,
                     images=options.topk, trust=args.trust_checkpoint, progress=not args.no_progress,
-                    real_stats=args.real_stats)
+                    real_stats=args.real_stats, input_fn=args.input_fn, overwrite=args.overwrite,
+                    command=_rerun_command(args))
     try:
         checked_device("--device", args.device)
     except ValueError as err:
@@ -288,6 +343,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--real-stats {args.real_stats}: no such file; give a file written by ConceptStats.save, "
                          "or --real-stats toyworld.")
     try:
+        if args.out.exists() and not args.out.is_dir():
+            raise CommandError(f"--out {args.out} is an existing file; give a folder (it is created if missing).")
         work = (args.checkpoints, layers, args.out, settings)
         if launch.torchrun_world_size() > 1:  # started by torchrun: this process is one rank
             status, message = launch.join_torchrun(_dissect_rank, args.device, args=work, timeout=args.timeout)

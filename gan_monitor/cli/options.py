@@ -15,15 +15,49 @@ from __future__ import annotations
 import argparse
 from typing import Any, Callable, Mapping
 
-from gan_monitor.core.errors import UsageError
+from gan_monitor.core.checkpoints import import_object
+from gan_monitor.core.errors import CheckpointError, CommandError, UsageError
 from gan_monitor.dissection.options import IOU_VARIANTS, DissectionOptions
 from gan_monitor.dissection.thresholds.modes import THRESHOLD_MODES
 
-__all__ = ["FLAGS", "add_threshold_argument", "add_iou_argument", "dissection_options", "checked"]
+__all__ = ["FLAGS", "add_threshold_argument", "add_iou_argument", "add_generator_arguments", "load_input_fn",
+           "dissection_options", "checked"]
 
 #: ``DissectionOptions`` field -> the command-line flag that sets it.
 FLAGS: dict[str, str] = {"threshold": "--threshold", "iou": "--iou", "cutoff": "--cutoff", "topk": "--images",
                          "batch_size": "--batch-size"}
+
+
+def add_generator_arguments(p: argparse.ArgumentParser) -> None:
+    """Where the generator and its inputs come from: ``--module``, ``--generator-factory``,
+    ``--generator-attr`` and ``--input-fn`` (modules are imported from ``sys.path`` or the
+    current folder)."""
+    p.add_argument("--module", default="gan_monitor.toyworld.gan:ToyGAN",
+                   help="LightningModule class of .ckpt files (default: the toy GAN)")
+    p.add_argument("--generator-factory", default=None, metavar="pkg.mod:function",
+                   help="function building the generator, for plain state dicts (a module in the current folder "
+                        "is found too)")
+    p.add_argument("--generator-attr", default="generator",
+                   help="attribute of the LightningModule holding the generator (default generator)")
+    p.add_argument("--input-fn", default=None, metavar="pkg.mod:function",
+                   help="function input_fn(n, generator) -> the generator's inputs for n samples, drawn from the "
+                        "torch.Generator it is given (a tensor: G(x); a tuple: G(*x); a dict: G(**x)), e.g. latents "
+                        "and class labels for G(z, labels) or images for an image-to-image generator "
+                        "(default: Gaussian latents of the generator's latent_dim)")
+
+
+def load_input_fn(spec: str | None) -> Callable | None:
+    """``--input-fn pkg.mod:function`` -> the function (None when not given)."""
+    if spec is None:
+        return None
+    try:
+        fn = import_object(spec, "--input-fn")
+    except CheckpointError as err:
+        raise CommandError(str(err)) from err
+    if not callable(fn):
+        raise CommandError(f"--input-fn {spec} is a {type(fn).__name__}, not a function; it must be a function "
+                           "input_fn(n, generator: torch.Generator) returning the inputs of n samples.")
+    return fn
 
 
 def add_threshold_argument(p: argparse.ArgumentParser, default: str = "quantile") -> None:

@@ -24,10 +24,10 @@ import sys
 from pathlib import Path
 
 from gan_monitor.cli.dissect import load_segmenter_spec
-from gan_monitor.cli.options import add_threshold_argument, checked
+from gan_monitor.cli.options import add_generator_arguments, add_threshold_argument, checked, load_input_fn
 from gan_monitor.core.checkpoints import load_generator
 from gan_monitor.core.errors import CheckpointError, CommandError, UsageError
-from gan_monitor.core.tracing import layer_names
+from gan_monitor.core.tracing import layer_names, unknown_layers
 from gan_monitor.core.validation import fraction, non_negative_int, positive_int
 from gan_monitor.paint.server import is_loopback, require_server_packages, serve_session
 from gan_monitor.paint.session import PaintSession
@@ -42,12 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layer", default="layer3", help="the generator layer to paint at (default layer3)")
     p.add_argument("--dissection", type=Path, default=None, metavar="JSON",
                    help="a dissection.json of `gan-monitor dissect` with this layer (default: dissect now)")
-    p.add_argument("--module", default="gan_monitor.toyworld.gan:ToyGAN",
-                   help="LightningModule class of .ckpt files (default: the toy GAN)")
-    p.add_argument("--generator-factory", default=None, metavar="pkg.mod:function",
-                   help="function building the generator, for plain state dicts")
-    p.add_argument("--generator-attr", default="generator",
-                   help="attribute of the LightningModule holding the generator (default generator)")
+    add_generator_arguments(p)  # --module, --generator-factory, --generator-attr, --input-fn
     p.add_argument("--segmenter", default="toyworld", help=SPEC_HELP + " (default toyworld)")
     p.add_argument("--n", "--samples-for-dissection", dest="n", type=int, default=500,
                    help="held-out samples to dissect the layer on (default 500)")
@@ -91,10 +86,11 @@ def build_session(args: argparse.Namespace) -> PaintSession:
                                 generator_attr=args.generator_attr, trust=args.trust_checkpoint, device=args.device)
     except CheckpointError as err:
         raise CommandError(str(err)) from err
-    if args.layer not in layer_names(loaded.generator):
+    if unknown_layers(loaded.generator, [args.layer]):
         raise CommandError(f"{loaded.path}: the generator has no layer {args.layer!r}; "
                            f"available: {', '.join(layer_names(loaded.generator))}.")
     segmenter = load_segmenter_spec(args.segmenter, args.device)
+    input_fn = load_input_fn(args.input_fn)
     dissection = None
     if args.dissection is not None:
         result = read_dissection_file(args.dissection).result
@@ -107,8 +103,8 @@ def build_session(args: argparse.Namespace) -> PaintSession:
                                    seed=args.seed, threshold=args.threshold, cutoff=args.cutoff,
                                    batch_size=args.batch_size, device=args.device, progress=not args.no_progress,
                                    units_per_concept=args.units_per_concept, samples=args.samples,
-                                   sample_seed=args.sample_seed)
-    except (ValueError, KeyError) as err:
+                                   sample_seed=args.sample_seed, input_fn=input_fn)
+    except (ValueError, KeyError, TypeError) as err:
         raise CommandError(f"{loaded.path}: {err.args[0] if err.args else err}") from err
 
 

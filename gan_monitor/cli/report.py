@@ -12,6 +12,10 @@ with the unit's mask outlined), with filters by concept and category and sorting
 IoU or FID; a timeline chart of interpretable units when several checkpoints were
 dissected. Everything is in the folder (PNG files next to index.html, inline CSS and
 JavaScript): it works offline from the file system. All text is HTML-escaped.
+A checkpoint without unit pictures (e.g. a folder holding only a dissection.json
+saved from Python) is refused with how to make them; --no-pictures writes the
+report without them. From Python, gan_monitor.write_report(result, generator,
+FOLDER) writes the whole report, pictures included.
 
 Exit codes: 0 done, 1 error (one line; --debug shows the traceback), 2 bad usage.
 """
@@ -30,12 +34,15 @@ __all__ = ["add_arguments", "run"]
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("folder", type=Path, metavar="DIR", help="output folder of `gan-monitor dissect`")
     p.add_argument("--checkpoint", default=None, help="name of the checkpoint whose units are shown (default: last)")
+    p.add_argument("--no-pictures", action="store_true",
+                   help="write the report even when the unit pictures are missing (e.g. a folder holding only a "
+                        "dissection.json; gan_monitor.write_report draws them from Python)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        path = build_report(args.folder, checkpoint=args.checkpoint)
+        path = build_report(args.folder, checkpoint=args.checkpoint, require_pictures=not args.no_pictures)
     except Exception as err:
         if args.debug:
             raise

@@ -12,7 +12,9 @@ failure is a :class:`CheckpointError` whose message says what was wrong and how 
 from __future__ import annotations
 
 import importlib
+import os
 import pickle
+import sys
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -34,15 +36,41 @@ class LoadedGenerator:
     path: Path
 
 
+def _import_module(mod_name: str, what: str):
+    """``importlib.import_module``; a module not found on ``sys.path`` is looked for in the
+    current folder too (as ``python -m`` and ``python script.py`` do), appended last so it
+    never shadows an installed package."""
+    try:
+        return importlib.import_module(mod_name)
+    except ModuleNotFoundError as err:
+        cwd = os.getcwd()
+        missing = err.name or ""
+        own = missing and (mod_name == missing or mod_name.startswith(missing + "."))
+        if own and cwd not in sys.path and "" not in sys.path:
+            sys.path.append(cwd)
+            importlib.invalidate_caches()
+            try:
+                return importlib.import_module(mod_name)
+            except ModuleNotFoundError as again:
+                err = again
+        if own:
+            top = mod_name.split(".")[0]
+            raise CheckpointError(
+                f"cannot import module {mod_name!r} for {what} ({err}); it was looked for on sys.path and in the "
+                f"current folder {cwd}: run from the folder that holds {top}.py (or the package folder {top}/), or "
+                f"add its folder to PYTHONPATH (PYTHONPATH=/path/to/folder), or pip install your package.") from err
+        raise CheckpointError(f"cannot import module {mod_name!r} for {what} ({err}).") from err
+    except ImportError as err:
+        raise CheckpointError(f"cannot import module {mod_name!r} for {what} ({err}).") from err
+
+
 def import_object(spec: str, what: str) -> Any:
-    """``"pkg.mod:Name"`` -> the object ``Name`` of module ``pkg.mod``."""
+    """``"pkg.mod:Name"`` -> the object ``Name`` of module ``pkg.mod`` (found on ``sys.path``
+    or in the current folder)."""
     mod_name, sep, attr = str(spec).partition(":")
     if not sep or not mod_name or not attr:
         raise CheckpointError(f"{what} must look like pkg.module:Name, got {spec!r}.")
-    try:
-        mod = importlib.import_module(mod_name)
-    except ImportError as err:
-        raise CheckpointError(f"cannot import module {mod_name!r} for {what} ({err}).") from err
+    mod = _import_module(mod_name, what)
     obj = mod
     for part in attr.split("."):
         if not hasattr(obj, part):

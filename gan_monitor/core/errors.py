@@ -8,7 +8,8 @@ a bad argument, as Python itself does; these classes name situations instead.
 from __future__ import annotations
 
 __all__ = ["GanMonitorError", "CheckpointError", "UsageError", "CommandError", "ReportError",
-           "LaunchError", "RankFailure"]
+           "LaunchError", "RankFailure", "NondeterministicGeneratorError",
+           "LayerSelectionError", "AbsentConceptError"]
 
 
 class GanMonitorError(Exception):
@@ -55,3 +56,24 @@ class RankFailure(GanMonitorError, RuntimeError):
 
 class SignalError(GanMonitorError, ValueError):
     """Training signals (``gan_monitor.signals``): bad concept statistics or options."""
+
+
+class NondeterministicGeneratorError(GanMonitorError, RuntimeError):
+    """A generator that gave different images for the same held-out inputs
+    (``gan_monitor.core.determinism``): every measurement on it would move between runs."""
+
+
+class LayerSelectionError(GanMonitorError, ValueError):
+    """A layer name that does not pick one featuremap (``gan_monitor.core.layer_selectors``):
+    an unknown selector for a tuple/dict output, or a module that runs more than once per
+    forward pass without naming which call (``"block.act#1"``)."""
+
+
+class AbsentConceptError(GanMonitorError, ValueError):
+    """A concept that the segmenter finds in none of the held-out images, so a measure
+    normalised by its presence (``ace``'s Eq. 4, a unit ranking by removal) has no value.
+    ``concept``: its name. The monitor's causal-effect schedule skips such a concept."""
+
+    def __init__(self, message: str, concept: str = ""):
+        super().__init__(message)
+        self.concept = concept

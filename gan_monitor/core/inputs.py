@@ -14,10 +14,10 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
-from gan_monitor.core.validation import positive_int
+from gan_monitor.core.validation import integer, positive_int
 
 __all__ = ["infer_latent_shape", "default_input_fn", "make_inputs", "num_samples", "index_inputs",
-           "slice_inputs", "move_inputs", "call_generator", "iterate_batches"]
+           "slice_inputs", "move_inputs", "call_generator", "call_generator_first", "iterate_batches"]
 
 InputFn = Callable[[int, torch.Generator], Any]
 
@@ -72,11 +72,12 @@ def make_inputs(generator: nn.Module, n: int, seed: int, input_fn: InputFn | Non
 
     The default ``input_fn`` draws Gaussian latents (``default_input_fn``).
     """
-    if int(n) < 1:
-        raise ValueError(f"n must be a positive number of samples, got {n}.")
+    n, seed = positive_int("n", n), integer("seed", seed)  # n=2.5 or seed=None: named, never truncated
     fn = input_fn if input_fn is not None else default_input_fn(generator)
-    gen = torch.Generator(device="cpu").manual_seed(int(seed))
-    inputs = fn(int(n), gen)
+    if not callable(fn):
+        raise TypeError(f"input_fn must be callable as input_fn(n, generator) or None, got {type(fn).__name__}.")
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    inputs = fn(n, gen)
     got = num_samples(inputs)
     if got != int(n):
         raise ValueError(f"input_fn returned {got} samples for n={n}; it must return exactly n along dim 0.")
@@ -140,6 +141,20 @@ def call_generator(generator: Callable, batch: Any) -> Any:
     if isinstance(batch, (tuple, list)):
         return generator(*batch)
     return generator(batch)
+
+
+def call_generator_first(generator: Callable, batch: Any) -> Any:
+    """:func:`call_generator` for the first batch of a run: a ``TypeError`` (e.g. a forward
+    that needs ``G(styles, noise)`` or ``G(z, labels)`` called with one latent tensor) is
+    re-raised with how to pass the generator's inputs (``input_fn=`` / ``inputs=``)."""
+    try:
+        return call_generator(generator, batch)
+    except TypeError as err:
+        raise TypeError(
+            f"calling {type(generator).__name__} on the held-out inputs failed: {err}. If its forward needs more "
+            "than one input (e.g. G(styles, noise) or G(z, labels)), pass input_fn=<function (n, torch.Generator) "
+            "-> inputs> returning a tuple (called as G(*x)) or a dict (G(**x)), or inputs=... "
+            "(gan_monitor.core.input_factories has ready ones).") from err
 
 
 def iterate_batches(inputs: Any, batch_size: int, device=None) -> Iterator[tuple[int, Any]]:

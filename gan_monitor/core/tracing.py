@@ -1,7 +1,11 @@
 """Read and edit the outputs of named submodules of any ``nn.Module``.
 
 Layers are named with the dotted names of ``model.named_modules()`` (e.g.
-``"layer4"`` or ``"blocks.3.conv"``). Both context managers always remove their
+``"layer4"`` or ``"blocks.3.conv"``), optionally followed by ``#call`` (which call of a
+module run several times per forward pass) and ``:selector`` (an element of a tuple or
+dict output): ``"synthesis.b16:0"``, ``"block:feat"``, ``"block.act#1"``; see
+:mod:`gan_monitor.core.layer_selectors`. A module that runs more than once per forward
+pass must be named with its call. Both context managers always remove their
 hooks on exit, also when the forward pass raises::
 
     with Trace(generator, ["layer3", "layer4"]) as trace:
@@ -24,7 +28,9 @@ from typing import Any, Iterable, Iterator, Sequence
 import torch
 from torch import nn
 
-__all__ = ["layer_names", "resolve_layer", "as_layer_list", "check_featuremap", "module_device", "eval_mode", "Trace",
+from gan_monitor.core.layer_selectors import LayerTap, describe_output, parse_layer_name
+
+__all__ = ["layer_names", "resolve_layer", "unknown_layers", "as_layer_list", "check_featuremap", "module_device", "eval_mode", "Trace",
            "Edit", "StopForward"]
 
 
@@ -61,17 +67,35 @@ def layer_names(model: nn.Module) -> list[str]:
 
 
 def resolve_layer(model: nn.Module, name: str) -> nn.Module:
-    """The submodule called ``name``; a KeyError lists the available names otherwise."""
+    """The submodule that layer ``name`` designates (``module[#call][:selector]``, see
+    :mod:`gan_monitor.core.layer_selectors`); a KeyError lists the available names otherwise."""
     if not isinstance(name, str):
         raise TypeError(f"layer names are strings such as 'layer4', got {type(name).__name__}.")
     modules = dict(model.named_modules())
-    if name and name in modules:
-        return modules[name]
+    spec = parse_layer_name(name, modules)
+    if spec.module and spec.module in modules:
+        return modules[spec.module]
     available = layer_names(model)
     raise KeyError(
-        f"{type(model).__name__} has no layer named {name!r}. Available layers "
-        f"(dotted names as in named_modules()): {', '.join(available) or '(none)'}"
+        f"{type(model).__name__} has no layer named {spec.module!r}. Available layers "
+        f"(dotted names as in named_modules(), optionally with #call and :selector): {', '.join(available) or '(none)'}"
     )
+
+
+def unknown_layers(model: nn.Module, names: Iterable[str]) -> list[str]:
+    """The names among ``names`` that designate no module of ``model`` (``#call`` and
+    ``:selector`` suffixes allowed; whether they fit the output is seen when it runs)."""
+    unknown = []
+    for name in names:
+        try:
+            resolve_layer(model, name)
+        except (KeyError, TypeError, ValueError):
+            unknown.append(name)
+    return unknown
+
+
+def _spec(model: nn.Module, name: str):
+    return parse_layer_name(name, dict(model.named_modules()))
 
 
 def as_layer_list(layers: str | Iterable[str]) -> list[str]:
@@ -88,6 +112,11 @@ def check_featuremap(name: str, output: object) -> torch.Tensor:
     """Return ``output`` if it is a 4-D featuremap ``[N, units, h, w]``, else raise."""
     if isinstance(output, torch.Tensor) and output.dim() == 4:
         return output
+    if isinstance(output, (tuple, list, dict)):
+        raise ValueError(
+            f"layer {name!r} outputs {describe_output(output)}; dissection needs one featuremap [N, units, height, "
+            f"width]. Pick it with a selector after the name: '{name}:0' (position in a tuple/list) or "
+            f"'{name}:<key>' (dict key); see gan_monitor.core.layer_selectors.")
     what = (f"a tensor of shape {tuple(output.shape)}" if isinstance(output, torch.Tensor)
             else f"a {type(output).__name__}")
     raise ValueError(
@@ -112,6 +141,9 @@ class Trace:
         stop: abort the forward pass (by raising ``StopForward``, which the
             context manager swallows) once all layers have run: useful to compute
             featuremaps without paying for the rest of the network.
+        allow_repeated: do not refuse a layer (named without ``#call``) whose module runs
+            more than once per forward pass: keep its last call's output and list it in
+            ``trace.repeated`` (e.g. to trace every module of a network and skip those).
 
     ``trace[layer]`` is the output of the latest forward pass; ``trace.outputs``
     is the dict of all of them.
@@ -129,30 +161,40 @@ class Trace:
     """
 
     def __init__(self, model: nn.Module, layers: str | Iterable[str], *, detach: bool = False,
-                 require_featuremap: bool = False, stop: bool = False):
+                 require_featuremap: bool = False, stop: bool = False, allow_repeated: bool = False):
         self.model = model
         self.layers = as_layer_list(layers)
         self.modules = {name: resolve_layer(model, name) for name in self.layers}
+        self.specs = {name: _spec(model, name) for name in self.layers}
         self.detach = detach
         self.require_featuremap = require_featuremap
         self.stop = stop
+        self.allow_repeated = bool(allow_repeated)
         self.outputs: dict[str, torch.Tensor] = {}
         self._handles: list = []
+        self._taps: list[LayerTap] = []
+
+    @property
+    def repeated(self) -> list[str]:
+        """Traced layers whose module ran more than once in a forward pass (``allow_repeated``)."""
+        return [tap.spec.text for tap in self._taps if tap.repeated]
 
     def _hook_for(self, name: str):
-        def hook(module, inputs, output):
+        def record(output):
             if self.require_featuremap:
                 check_featuremap(name, output)
             self.outputs[name] = output.detach() if self.detach and isinstance(output, torch.Tensor) else output
             if self.stop and all(layer in self.outputs for layer in self.layers):
                 raise StopForward()
-        return hook
+        return record
 
     def __enter__(self) -> "Trace":
         self.outputs = {}
+        self._taps = [LayerTap(self.model, self.specs[name], module, self._hook_for(name), self.allow_repeated)
+                      for name, module in self.modules.items()]
         try:
-            for name, module in self.modules.items():
-                self._handles.append(module.register_forward_hook(self._hook_for(name)))
+            for tap in self._taps:
+                self._handles.append(tap.attach())
         except BaseException:
             self.remove()
             raise
@@ -163,8 +205,8 @@ class Trace:
         return exc_type is not None and issubclass(exc_type, StopForward)
 
     def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
+        for tap in self._handles:
+            tap.remove()
         self._handles = []
 
     def clear(self) -> None:
@@ -250,6 +292,7 @@ class Edit:
         self.model = model
         self.layer = layer
         self.module = resolve_layer(model, layer)
+        self.spec = _spec(model, layer)
         self.units = None if units is None else [int(u) for u in units]
         self.coefficients = coefficients
         self.mask = mask
@@ -287,7 +330,7 @@ class Edit:
         return out * (1 - am) + k * am
 
     def __enter__(self) -> "Edit":
-        self._handle = self.module.register_forward_hook(lambda module, inputs, output: self.edit(output))
+        self._handle = LayerTap(self.model, self.spec, self.module, self.edit).attach()
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:

@@ -13,16 +13,19 @@ ValueError: n must be a positive integer, got 2.5.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, Sequence
 
+import numpy
 import torch
 
 __all__ = ["positive_int", "non_negative_int", "integer", "fraction", "choice", "positive_float", "value_range",
-           "checked_device", "check_not_meta"]
+           "checked_device", "check_not_meta", "run_device", "check_inputs"]
 
 
 def _is_int(value: Any) -> bool:
-    return not isinstance(value, bool) and isinstance(value, int)
+    # numbers.Integral: Python ints and numpy integers (not bools, floats or tensors)
+    return not isinstance(value, (bool, numpy.bool_)) and isinstance(value, numbers.Integral)
 
 
 def positive_int(name: str, value: Any, *, allow_none: bool = False) -> int | None:
@@ -104,9 +107,45 @@ def checked_device(name: str, device: Any) -> torch.device | None:
     return dev
 
 
-def check_not_meta(what: str, tensors) -> None:
-    """Refuse tensors on the meta device (a model built without its weights)."""
+def check_not_meta(what: str, tensors, fix: str | None = None) -> None:
+    """Refuse tensors on the meta device (a model built without its weights); ``fix`` says
+    what to do instead (default: load the module's weights)."""
     if any(isinstance(t, torch.Tensor) and t.is_meta for t in tensors):
+        fix = fix or ("load its weights (module.to_empty(device=...) then load_state_dict) before dissecting or "
+                      "intervening")
         raise ValueError(f"{what} lives on the meta device (no values: e.g. built with device='meta' or under "
-                         "init_empty_weights); load its weights (module.to_empty(device=...) then load_state_dict) "
-                         "before dissecting.")
+                         f"init_empty_weights); {fix}.")
+
+
+def run_device(generator: Any, device: Any = None) -> torch.device:
+    """Where to run ``generator``: ``device`` checked (:func:`checked_device`), else the
+    device of its first parameter or buffer (CPU when it has none). A generator with
+    parameters on the meta device is refused (:func:`check_not_meta`)."""
+    tensors = list(generator.parameters()) + list(generator.buffers()) if isinstance(generator, torch.nn.Module) else []
+    check_not_meta("the generator", tensors)
+    dev = checked_device("device", device)
+    if dev is not None:
+        return dev
+    return tensors[0].device if tensors else torch.device("cpu")
+
+
+def check_inputs(inputs: Any) -> Any:
+    """User-given generator ``inputs=`` (a tensor, or a tuple/list/dict of tensors): refused
+    when a tensor has no samples along dim 0 or lives on the meta device."""
+    if inputs is None:
+        return None
+    if isinstance(inputs, torch.Tensor):
+        values = [inputs]
+    elif isinstance(inputs, dict):
+        values = list(inputs.values())
+    else:
+        values = list(inputs) if isinstance(inputs, (list, tuple)) else None
+    if values is None:
+        raise TypeError(f"inputs= must be a tensor, or a tuple/list/dict of tensors (samples along dim 0), got "
+                        f"{type(inputs).__name__}.")
+    tensors = [t for t in values if isinstance(t, torch.Tensor) and t.dim() > 0]
+    check_not_meta("inputs=", tensors, fix="give real tensors (e.g. on 'cpu'), or leave inputs=None to draw them")
+    if any(t.shape[0] == 0 for t in tensors):
+        raise ValueError("inputs= has 0 samples (dim 0 is empty); give at least one held-out input, or leave "
+                         "inputs=None to draw n of them.")
+    return inputs

@@ -100,17 +100,20 @@ class SampleCounter:
     def update(self, images: torch.Tensor, seg: torch.Tensor) -> None:
         """Add a batch: generated ``images`` ``[B, 3, H', W']`` and their label maps ``seg``."""
         pixels, present = count_labels(seg, self.n_concepts)
-        self.pixel_counts = self.pixel_counts + pixels.cpu()
-        self.image_counts = self.image_counts + present.cpu()
+        if self.pixel_counts.device != pixels.device:  # counts stay where the batches are: no transfer per batch
+            self.pixel_counts, self.image_counts, self.images = (
+                t.to(pixels.device) for t in (self.pixel_counts, self.image_counts, self.images))
+        self.pixel_counts = self.pixel_counts + pixels
+        self.image_counts = self.image_counts + present
         self.images = self.images + int(seg.shape[0])
         self.size = (int(seg.shape[-2]), int(seg.shape[-1]))
         x = images.detach().double().clamp(-1, 1)
         if x.shape[-2] > DIVERSITY_SIZE or x.shape[-1] > DIVERSITY_SIZE:
             x = F.adaptive_avg_pool2d(x, (min(x.shape[-2], DIVERSITY_SIZE), min(x.shape[-1], DIVERSITY_SIZE)))
-        q = torch.round(x * 2 ** QUANT_BITS).long().cpu()
+        q = torch.round(x * 2 ** QUANT_BITS).long()
         if self.value_sum.numel() == 0:
-            self.value_sum = torch.zeros(q.shape[1:], dtype=torch.long)
-            self.square_sum = torch.zeros(q.shape[1:], dtype=torch.long)
+            self.value_sum = torch.zeros(q.shape[1:], dtype=torch.long, device=q.device)
+            self.square_sum = torch.zeros(q.shape[1:], dtype=torch.long, device=q.device)
         self.value_sum = self.value_sum + q.sum(0)
         self.square_sum = self.square_sum + (q * q).sum(0)
 

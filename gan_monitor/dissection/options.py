@@ -39,6 +39,13 @@ class DissectionOptions:
             a tanh output); other ranges, e.g. ``(0, 1)`` or ``(0, 255)``, are mapped linearly to
             [-1, 1] before segmenting. A dissection refuses images far outside the declared
             range and warns when a first batch in [-1, 1] has no negative pixel at all.
+        allow_nondeterministic: a dissection first runs the first held-out inputs twice
+            (``gan_monitor.core.determinism``) and refuses a generator whose images differ
+            (e.g. StyleGAN noise drawn fresh at every call); True warns instead and goes on.
+        memory_budget: bytes quantile mode may spend caching the held-out featuremaps
+            (``None``: ``thresholds.streaming.default_memory_budget``, a quarter of the
+            host's or the CUDA device's total memory, at most 1 GiB). Above it, an exact streaming path
+            regenerates the held-out inputs instead (same results, memory independent of n).
     """
 
     threshold: Quantile | IQR | str = "quantile"
@@ -47,6 +54,8 @@ class DissectionOptions:
     topk: int = 8
     batch_size: int = 32
     image_range: tuple[float, float] = (-1.0, 1.0)
+    allow_nondeterministic: bool = False
+    memory_budget: int | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "threshold", as_threshold(self.threshold))
@@ -56,6 +65,10 @@ class DissectionOptions:
         positive_int("topk", self.topk)
         positive_int("batch_size", self.batch_size)
         object.__setattr__(self, "image_range", value_range("image_range", self.image_range))
+        positive_int("memory_budget (bytes)", self.memory_budget, allow_none=True)
+        if not isinstance(self.allow_nondeterministic, bool):
+            raise TypeError("allow_nondeterministic must be True or False (True: warn instead of refusing a generator "
+                            f"that gives different images for the same inputs), got {self.allow_nondeterministic!r}.")
 
     def settings(self) -> dict[str, Any]:
         """The part of ``DissectionResult.settings`` these options decide."""

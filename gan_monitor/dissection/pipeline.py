@@ -14,8 +14,12 @@ requested layers together (one ``Trace``, one segmentation; ``runner.BatchRunner
   Results are bit-identical to thresholding a dense ``upsample`` and independent of
   batching. Memory: the cache, ``n * sum_layers(U*h*w) * 4`` bytes (featuremap dtype)
   plus ``n * D * H * W`` bytes of labels, and per layer in turn about
-  ``1.4 * U * (k+1) * 12`` bytes of kept pixels (the price of exact quantiles; e.g. 128
-  units, 1000 images of 64x64, q = 0.01: 88 MB).
+  ``1.4 * U * (k+1) * 12`` bytes of kept pixels (the price of exact quantiles) and the
+  temporaries of selecting them, several times that: measured, 128 units, 1000 images of
+  64x64, q = 0.01, peak RSS 918 MB against 468 MB for the forward passes alone (README,
+  "Memory"). When that would exceed ``memory_budget``,
+  ``thresholds.streaming`` gives the same results without a cache, in memory independent of
+  n, by regenerating the held-out inputs (4 generator and 2 segmenter passes).
 * iqr mode (``threshold="iqr"`` or ``IQR(...)``; ``thresholds.iqr_selection``): a
   separate held-out sample (seed + ``IQR_SEED_OFFSET``, or ``IQR(inputs=...)``) is cached
   the same way and picks each unit's level and label by IQR; the main sample is then
@@ -53,6 +57,7 @@ from gan_monitor.core.distributed import (
     run_phase,
     sum_states,
 )
+from gan_monitor.core.determinism import check_deterministic
 from gan_monitor.core.held_out import checksum
 from gan_monitor.core.inputs import make_inputs, num_samples
 from gan_monitor.core.tracing import as_layer_list, eval_mode, module_device, resolve_layer
@@ -66,6 +71,7 @@ from gan_monitor.dissection.runner import BatchRunner
 from gan_monitor.dissection.thresholds.iqr_selection import iqr_pass
 from gan_monitor.dissection.thresholds.modes import IQR, IQR_SEED_OFFSET, Quantile
 from gan_monitor.dissection.thresholds.quantile_pass import quantile_pass
+from gan_monitor.dissection.thresholds.streaming import agreed_budget
 from gan_monitor.dissection.upsample import upsample
 from gan_monitor.segmenters.base import validate_segmenter
 
@@ -105,7 +111,8 @@ def dissect(generator: nn.Module, layers: str | Iterable[str], segmenter, *, inp
             iou: str = "plain", cutoff: float = 0.05, topk: int = 8, batch_size: int = 32,
             device: torch.device | str | None = None, progress: bool = False,
             exclude_units: Mapping[str, Any] | None = None, distributed: Any = None,
-            image_range: tuple[float, float] = (-1.0, 1.0), **legacy: Any) -> DissectionResult:
+            image_range: tuple[float, float] = (-1.0, 1.0), allow_nondeterministic: bool = False,
+            memory_budget: int | None = None, **legacy: Any) -> DissectionResult:
     """Dissect ``layers`` of ``generator`` with ``segmenter`` (paper Eq. 2, docs/method.md §1-§4).
 
     Args:
@@ -135,6 +142,16 @@ def dissect(generator: nn.Module, layers: str | Iterable[str], segmenter, *, inp
             ``settings["excluded_units"]`` (how many, per layer) and ``extras["excluded"]``.
         image_range: ``(low, high)`` of the generator's images (default ``(-1, 1)``); see
             :class:`~gan_monitor.dissection.options.DissectionOptions`.
+        memory_budget: bytes quantile mode may cache (default: a quarter of the host's, or the
+            CUDA device's, total memory, at most 1 GiB; ``settings["memory_budget"]``); a dissection whose
+            cache would exceed it takes an exact streaming path instead: the same results, memory
+            independent of ``n``, the held-out inputs regenerated (generator 4 times, segmenter
+            twice; ``settings["quantile_path"]`` says which; ``thresholds.streaming``).
+        allow_nondeterministic: before measuring, the first few held-out inputs are run twice
+            (``gan_monitor.core.determinism.check_deterministic``; cost: two forward passes of 4
+            samples); a generator giving different images raises ``NondeterministicGeneratorError``
+            naming the fixes (noise as an input, a constant noise mode). True: a warning instead,
+            and ``settings["nondeterministic"]`` records the largest pixel difference seen.
         distributed: ``None`` (one process) or a ``gan_monitor.core.distributed`` communicator
             (``TorchDistributed()``; ``True``: torch.distributed's default group). Every rank
             must call ``dissect`` with the same arguments; each dissects the samples
@@ -160,7 +177,8 @@ def dissect(generator: nn.Module, layers: str | Iterable[str], segmenter, *, inp
     """
     threshold = threshold_from_legacy(threshold, legacy)
     options = DissectionOptions(threshold=threshold, iou=iou, cutoff=cutoff, topk=topk, batch_size=batch_size,
-                                image_range=image_range)
+                                image_range=image_range, allow_nondeterministic=allow_nondeterministic,
+                                memory_budget=memory_budget)
     mode = options.threshold
     seed = integer("seed", seed)
     if inputs is None:
@@ -202,8 +220,14 @@ def dissect(generator: nn.Module, layers: str | Iterable[str], segmenter, *, inp
     extras: dict[str, dict[str, Any]] = {name: {} for name in layers}
     labels: dict[str, torch.Tensor] = {}
     with eval_mode(generator, segmenter), torch.no_grad(), rank_zero_buffers(generator, comm):
+        difference = run_phase(comm, "dissection (determinism check)", lambda: check_deterministic(
+            generator, inputs, device=device, allow=options.allow_nondeterministic, what="dissection"))
+        if difference > 0 and options.allow_nondeterministic:
+            settings["nondeterministic"] = difference
         if isinstance(mode, Quantile):
-            thresholds, tallies, samples = quantile_pass(runner, inputs, layers, mode.q, topk, seed, settings)
+            settings["memory_budget"] = budget = agreed_budget(options.memory_budget, device, comm)
+            thresholds, tallies, samples = quantile_pass(runner, inputs, layers, mode.q, topk, seed, settings,
+                                                         memory_budget=budget)
         else:
             if mode.inputs is None:
                 settings["iqr_seed"] = seed + IQR_SEED_OFFSET

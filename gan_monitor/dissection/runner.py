@@ -105,6 +105,20 @@ class BatchRunner:
             yield start, acts, seg
         bar.close()
 
+    def featuremaps(self, inputs, desc: str) -> Iterable[tuple[int, dict[str, torch.Tensor]]]:
+        """Like ``batches`` without images or segmentations: ``(start, activations)`` of this
+        rank's shard, the generator only and only up to the last traced layer (extra passes
+        of the streaming quantile search)."""
+        inputs, self.ids = self.shard(inputs)
+        bar = tqdm(total=num_samples(inputs), desc=desc, disable=not self.progress or self.comm.rank > 0, leave=False)
+        for start, batch in iterate_batches(inputs, self.batch_size, self.device):
+            with Trace(self.generator, self.layers, require_featuremap=True, stop=True) as trace:
+                call_generator(self.generator, batch)
+            acts = {name: trace[name] for name in self.layers}
+            bar.update(next(iter(acts.values())).shape[0])
+            yield start, acts
+        bar.close()
+
     def _check_activations(self, start: int, acts: dict[str, torch.Tensor]) -> None:
         for name, a in acts.items():
             bad = ~torch.isfinite(a)

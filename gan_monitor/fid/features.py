@@ -47,6 +47,9 @@ __all__ = ["FeatureExtractor", "ModuleFeatures", "ToySceneFeatures", "InceptionF
 
 STATS_FORMAT = "gan_monitor.real_stats"
 STATS_VERSION = 1
+#: how ``toy_real_stats`` names its source (per-unit FID warns when the toy extractor is used
+#: against real statistics of anything else)
+TOY_SOURCE = "toy scenes"
 
 
 @runtime_checkable
@@ -335,7 +338,7 @@ def toy_real_stats(n: int = 2000, *, seed: int = 12345, size: int = 64, extracto
                    cache: str | Path | None = None, device=None) -> RealStats:
     """Real statistics of ``n`` procedural toy scenes (``render_scenes(n, seed=seed, size=size)``),
     cached at ``cache`` when given."""
-    source = f"toy scenes n={n} seed={seed} size={size}"
+    source = f"{TOY_SOURCE} n={n} seed={seed} size={size}"
 
     def images():
         scenes, _ = render_scenes(n, seed=seed, size=size)

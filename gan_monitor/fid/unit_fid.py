@@ -33,11 +33,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from gan_monitor.core.inputs import call_generator, iterate_batches, make_inputs, num_samples
-from gan_monitor.core.tracing import Edit, Trace, as_layer_list, eval_mode, module_device, resolve_layer
-from gan_monitor.core.validation import positive_int
+from gan_monitor.core.inputs import call_generator, call_generator_first, iterate_batches, make_inputs, num_samples
+from gan_monitor.core.tracing import Edit, Trace, as_layer_list, eval_mode, resolve_layer
+from gan_monitor.core.validation import check_inputs, positive_int, run_device
 from gan_monitor.dissection.top_samples import TopSamples
-from gan_monitor.fid.features import RealStats, as_extractor, extract_features
+from gan_monitor.fid.features import TOY_SOURCE, RealStats, as_extractor, extract_features
 from gan_monitor.fid.frechet import covariance_factor, frechet_distance, sqrtm_psd, unit_frechet_distances
 
 __all__ = ["sqrtm_psd", "covariance_factor", "frechet_distance", "unit_frechet_distances", "UnitFID",
@@ -115,11 +115,18 @@ def _check_first_images(images: torch.Tensor, extractor, real: RealStats | None)
     if real is not None:
         real.check_image_size(images)
     h, w = int(images.shape[-2]), int(images.shape[-1])
-    if str(getattr(extractor, "name", "")).startswith("toy-") and (h != w or h > 128 or h < 16):
+    if not str(getattr(extractor, "name", "")).startswith("toy-"):
+        return
+    why = None
+    if h != w or h > 128 or h < 16:
+        why = f"on {h}x{w} images"
+    elif real is not None and not real.source.startswith(TOY_SOURCE):
+        why = f"against real images that are not toy scenes (source {real.source or 'not given'!r})"
+    if why is not None:
         warnings.warn(
             f"gan_monitor: per-unit FID uses the embedded toy-scene extractor ({extractor.name}), trained on the toy "
-            f"world's small square outdoor scenes, on {h}x{w} images; its features cannot describe such images "
-            "well. Use InceptionFeatures(weights_path=...) (pip install 'gan-monitor[fid]') or your own "
+            f"world's small square outdoor scenes, {why}; its features cannot describe such images well. Use "
+            "InceptionFeatures(weights_path=...) (pip install 'gan-monitor[fid]') or your own "
             "ModuleFeatures(network) for real data.", stacklevel=4)
 
 
@@ -130,12 +137,13 @@ def _generated_features(generator, inputs, extractor, batch_size, device, progre
     feats = []
     bar = tqdm(total=num_samples(inputs), desc=desc, disable=not progress, leave=False)
     for start, batch in iterate_batches(inputs, batch_size, device):
+        call = call_generator_first if start == 0 else call_generator  # first: a TypeError says to pass input_fn=
         if layers:
             with Trace(generator, list(layers), detach=True, require_featuremap=True) as trace:
-                images = call_generator(generator, batch)
+                images = call(generator, batch)
             on_batch(start, {name: trace[name] for name in layers})
         else:
-            images = call_generator(generator, batch)
+            images = call(generator, batch)
         if not isinstance(images, torch.Tensor) or images.dim() != 4:
             raise ValueError("the generator must return images [N, 3, H, W] in [-1, 1].")
         if start == 0:
@@ -158,7 +166,7 @@ def per_unit_fid_layers(generator: nn.Module, layers: str | Sequence[str], *, po
     real = _check_real(real_stats)
     extractor = as_extractor(extractor)
     real.check_usable(extractor.name, real.dim)  # before generating anything
-    drawn = inputs is None
+    drawn = check_inputs(inputs) is None
     if drawn:
         inputs = make_inputs(generator, positive_int("pool", pool), seed, input_fn)
     m = num_samples(inputs)
@@ -169,7 +177,7 @@ def per_unit_fid_layers(generator: nn.Module, layers: str | Sequence[str], *, po
             f"k={k} top images per unit cannot come from a pool of {m} generated images; use k <= pool "
             "(the paper: k = 5% of the pool, 10,000 of 200,000)."
         )
-    device = torch.device(device) if device is not None else module_device(generator)
+    device = run_device(generator, device)
     tops: dict[str, TopSamples] = {}
 
     def on_batch(start, acts):
@@ -290,10 +298,10 @@ def artifact_ablation(generator: nn.Module, layer: str, units: Sequence[int], *,
     if not units or len(set(units)) != len(units):
         raise ValueError(f"units must be a non-empty list of distinct unit indices, got {units}.")
     positive_int("n_random_draws", n_random_draws)
-    drawn = inputs is None
+    drawn = check_inputs(inputs) is None
     if drawn:
         inputs = make_inputs(generator, n, seed, input_fn)
-    device = torch.device(device) if device is not None else module_device(generator)
+    device = run_device(generator, device)
     shape: dict[str, int] = {}
 
     def count_units(start, acts):

@@ -16,6 +16,7 @@ inputs from a seeded generator (``gan_monitor.core.inputs.make_inputs``), never 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -23,11 +24,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gan_monitor.core.inputs import call_generator, iterate_batches, make_inputs, num_samples
-from gan_monitor.core.tracing import Edit, Trace, eval_mode, module_device, resolve_layer
+from gan_monitor.core.determinism import check_deterministic
+from gan_monitor.core.inputs import call_generator, call_generator_first, iterate_batches, make_inputs, num_samples
+from gan_monitor.core.errors import AbsentConceptError
+from gan_monitor.core.tracing import Edit, Trace, eval_mode, resolve_layer
+from gan_monitor.core.validation import check_inputs, run_device
 from gan_monitor.segmenters.base import validate_segmentation, validate_segmenter
 
-__all__ = ["concept_index", "check_units", "check_region", "layer_shape", "prepare_edit", "presence",
+__all__ = ["concept_index", "check_units", "second_sample_fn", "check_region", "layer_shape", "prepare_edit",
+           "presence",
            "concept_fractions", "insertion_values", "ace", "AceResult", "single_unit_effects", "SingleUnitEffects"]
 
 
@@ -73,8 +78,20 @@ def layer_shape(generator, layer: str, inputs, device) -> tuple[int, int, int]:
     """(units, h, w) of the layer's featuremap, from one sample."""
     one = next(iterate_batches(inputs, 1, device))[1]
     with Trace(generator, layer, detach=True, require_featuremap=True, stop=True) as trace:
-        call_generator(generator, one)
+        call_generator_first(generator, one)
     return tuple(trace[layer].shape[1:])
+
+
+def second_sample_fn(inputs_given: bool, input_fn: Callable | None, what: str, also: str = "") -> Callable | None:
+    """``input_fn`` for a second sample (insertion values at seed + 1, an evaluation sample),
+    refusing to draw Gaussian latents the user never described: with their own ``inputs=``
+    and no ``input_fn=`` the caller must give what the second sample is for (e.g. ``values=``)."""
+    if input_fn is None and inputs_given:
+        raise ValueError(f"{what} needs a second sample (drawn at seed + 1), but with your own inputs= and no "
+                         "input_fn= it would be Gaussian latents you never asked for. Pass values= (e.g. "
+                         f"insertion_values(generator, layer, segmenter, inputs=...)){also} or input_fn=lambda n, gen: "
+                         "... (how your inputs are drawn).")
+    return input_fn
 
 
 def prepare_edit(generator, layer: str, units, concept, segmenter, inputs, n: int, seed: int, input_fn, device):
@@ -83,8 +100,8 @@ def prepare_edit(generator, layer: str, units, concept, segmenter, inputs, n: in
     validate_segmenter(segmenter)
     c = concept_index(segmenter, concept)
     resolve_layer(generator, layer)
-    device = torch.device(device) if device is not None else module_device(generator)
-    if inputs is None:
+    device = run_device(generator, device)
+    if check_inputs(inputs) is None:
         inputs = make_inputs(generator, n, seed, input_fn)
     with eval_mode(generator, segmenter), torch.no_grad():
         shape = layer_shape(generator, layer, inputs, device)
@@ -104,8 +121,8 @@ def insertion_values(generator: nn.Module, layer: str, segmenter, *, inputs: Any
     """
     validate_segmenter(segmenter)
     resolve_layer(generator, layer)
-    device = torch.device(device) if device is not None else module_device(generator)
-    if inputs is None:
+    device = run_device(generator, device)
+    if check_inputs(inputs) is None:
         inputs = make_inputs(generator, n, seed, input_fn)
     n_concepts = len(segmenter.concepts)
     numerator = denominator = None
@@ -172,21 +189,21 @@ def _mean_ci(x: torch.Tensor, low: float = -math.inf, high: float = math.inf) ->
     return mean, (min(mean, max(low, mean - half)), max(mean, min(high, mean + half)))
 
 
-def check_region(region, shape: tuple[int, int, int], n: int) -> torch.Tensor | None:
+def check_region(region, shape: tuple[int, int, int], n: int, name: str = "region") -> torch.Tensor | None:
     """``region`` as a float mask ``[h, w]`` or ``[n, h, w]`` at the resolution of a layer of
     ``shape`` ``(units, h, w)`` (``None`` stays ``None``: everywhere)."""
     if region is None:
         return None
     m = torch.as_tensor(region, dtype=torch.float32)
     if not bool(torch.isfinite(m).all()):
-        raise ValueError("region contains NaN/inf; give a mask with values in [0, 1] (1: intervene, 0: leave alone).")
+        raise ValueError(f"{name} contains NaN/inf; give a mask with values in [0, 1] (1: intervene, 0: leave alone).")
     if m.numel() and (float(m.min()) < 0.0 or float(m.max()) > 1.0):
-        raise ValueError(f"region values must lie in [0, 1] (1: intervene, 0: leave alone, between: partly), got "
+        raise ValueError(f"{name} values must lie in [0, 1] (1: intervene, 0: leave alone, between: partly), got "
                          f"values in [{float(m.min()):.4g}, {float(m.max()):.4g}]; e.g. divide a 0-255 mask by 255.")
     h, w = shape[1:]
     ok = m.dim() == 2 and tuple(m.shape) == (h, w) or m.dim() == 3 and tuple(m.shape) == (n, h, w)
     if not ok:
-        raise ValueError(f"region has shape {tuple(m.shape)}, but the layer's featuremap is {h}x{w}: give a "
+        raise ValueError(f"{name} has shape {tuple(m.shape)}, but the layer's featuremap is {h}x{w}: give a "
                          f"mask of shape ({h}, {w}) or ({n}, {h}, {w}) (one per sample) at featuremap resolution.")
     return m
 
@@ -212,24 +229,34 @@ def _run_edit(generator, segmenter, layer, inputs, batch_size, device, concept, 
 def ace(generator: nn.Module, layer: str, units: Sequence[int], concept: str | int, *, segmenter,
         mode: str = "ablate", region=None, n: int = 200, seed: int = 0, input_fn: Callable | None = None,
         inputs: Any = None, values: torch.Tensor | None = None, batch_size: int = 32,
-        device=None) -> AceResult:
+        device=None, allow_nondeterministic: bool = False) -> AceResult:
     """Average causal effect of forcing ``units`` of ``layer`` on ``concept`` (Eq. 3-4).
 
     Args:
         units: unit indices. concept: a concept name (or index) of the segmenter.
         mode: ``"ablate"`` (units forced to 0) or ``"insert"`` (forced to their
             insertion value for the concept; ``values`` [C, U] or [U] from
-            ``insertion_values``, computed on a separate sample, seed + 1, if not given).
+            ``insertion_values``, computed on a separate sample, seed + 1, if not given;
+            with your own ``inputs=`` give ``values=`` or ``input_fn=``: nothing is drawn that
+            you did not describe).
         region: where to intervene: a mask ``[h, w]`` or ``[n, h, w]`` in [0, 1] at
             featuremap resolution; default everywhere. The effect is measured on the
             whole image.
         n, seed, input_fn / inputs: the held-out sample.
+        allow_nondeterministic: the first held-out inputs are run twice first
+            (``gan_monitor.core.determinism``); a generator giving different images raises
+            ``NondeterministicGeneratorError`` (its before/after difference would mix the
+            edit with its noise); True: a warning instead.
     """
     if mode not in ("ablate", "insert"):
         raise ValueError(f"mode must be 'ablate' or 'insert', got {mode!r}.")
+    if mode == "insert" and values is None:
+        second_sample_fn(check_inputs(inputs) is not None, input_fn, "ace(mode='insert') without values=")
     c, units, inputs, shape, device = prepare_edit(generator, layer, units, concept, segmenter, inputs, n, seed,
                                                    input_fn, device)
     mask = check_region(region, shape, num_samples(inputs))
+    with eval_mode(generator, segmenter), torch.no_grad():
+        check_deterministic(generator, inputs, device=device, allow=allow_nondeterministic, what="ace")
     if mode == "ablate":
         edit_args = {"units": units, "value": 0.0}
     else:
@@ -241,13 +268,18 @@ def ace(generator: nn.Module, layer: str, units: Sequence[int], concept: str | i
             values = values[c]
         if values.shape != (shape[0],):
             raise ValueError(f"values must be [C, U] or [U] with U = {shape[0]} units, got {tuple(values.shape)}.")
+        if not bool(values[units].ne(0).any()):
+            warnings.warn(f"ace: the insertion values of {list(segmenter.concepts)[c]!r} are 0 for every unit inserted "
+                          "(the concept never appeared in the sample they were computed on), so this 'insertion' is "
+                          "an ablation; compute values= on images that show the concept.", stacklevel=2)
         edit_args = {"units": units, "value": values.to(device)}
     before, after = _run_edit(generator, segmenter, layer, inputs, batch_size, device, c, edit_args, mask)
     normaliser = float(before.double().mean())
     if normaliser <= 0:
-        raise ValueError(f"concept {list(segmenter.concepts)[c]!r} appears in none of the {num_samples(inputs)} held-out "
-                         "images, so its change cannot be normalised (Eq. 4 divides by its mean fraction). Pick a "
-                         "concept the generator draws, or use more / other held-out inputs (n=, inputs=).")
+        name = list(segmenter.concepts)[c]
+        raise AbsentConceptError(f"concept {name!r} appears in none of the {num_samples(inputs)} held-out images, so "
+                                 "its change cannot be normalised (Eq. 4 divides by its mean fraction). Pick a concept "
+                                 "the generator draws, or use more / other held-out inputs (n=, inputs=).", name)
     diff = (before - after) if mode == "ablate" else (after - before)
     per_image = diff.double() / normaliser
     mean, ci = _mean_ci(per_image, high=1.0) if mode == "ablate" else _mean_ci(per_image, low=-1.0)
@@ -261,7 +293,8 @@ def ace(generator: nn.Module, layer: str, units: Sequence[int], concept: str | i
 @dataclass
 class SingleUnitEffects:
     """``removed[u, c]``: fraction of concept c's pixels removed by ablating unit u alone
-    (NaN where c never appears). ``ranking(concept)``: units, strongest remover first."""
+    (NaN where c never appears). ``ranking(concept)``: units, strongest remover first
+    (``AbsentConceptError`` for a concept that appears in none of the images: no ranking)."""
 
     layer: str
     concepts: list[str]
@@ -273,21 +306,27 @@ class SingleUnitEffects:
         c = concept if isinstance(concept, int) else (names.index(concept) if concept in names[1:] else None)
         if c is None or not 1 <= c < len(names):
             raise ValueError(f"unknown concept {concept!r}; known: {', '.join(names[1:])}.")
+        if not float(self.baseline[c]) > 0:
+            raise AbsentConceptError(f"concept {names[c]!r} appears in none of the held-out images, so no unit removes "
+                                     "any of it and there is no ranking; pick a concept the generator draws, or use "
+                                     "more / other held-out inputs (n=, inputs=).", names[c])
         return torch.argsort(self.removed[:, c].nan_to_num(-1.0), descending=True, stable=True).tolist()
 
 
 def single_unit_effects(generator: nn.Module, layer: str, *, segmenter, units: Sequence[int] | None = None,
                         n: int = 50, seed: int = 0, input_fn: Callable | None = None, inputs: Any = None,
-                        batch_size: int = 32, device=None) -> SingleUnitEffects:
+                        batch_size: int = 32, device=None, allow_nondeterministic: bool = False) -> SingleUnitEffects:
     """Ablate each unit alone (all of ``units``, default every unit) and measure the
-    fraction of every concept's pixels removed over the sample."""
+    fraction of every concept's pixels removed over the sample. The generator is checked to
+    be deterministic first, as in :func:`ace` (``allow_nondeterministic``)."""
     validate_segmenter(segmenter)
-    device = torch.device(device) if device is not None else module_device(generator)
-    if inputs is None:
+    device = run_device(generator, device)
+    if check_inputs(inputs) is None:
         inputs = make_inputs(generator, n, seed, input_fn)
     n_concepts = len(segmenter.concepts)
     with eval_mode(generator, segmenter), torch.no_grad():
-        shape = layer_shape(generator, layer, inputs, device)
+        shape = layer_shape(generator, layer, inputs, device)  # first call: a TypeError says to pass input_fn=
+        check_deterministic(generator, inputs, device=device, allow=allow_nondeterministic, what="single-unit ablation")
         units = check_units(range(shape[0]) if units is None else units, shape[0], layer)
         base = torch.zeros(n_concepts, dtype=torch.float64)
         after = torch.zeros(shape[0], n_concepts, dtype=torch.float64)

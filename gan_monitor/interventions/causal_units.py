@@ -20,6 +20,7 @@ Eq. 4, ``(E[s_c(inserted)] - E[s_c(ablated)]) / E[s_c(x)]``.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -28,9 +29,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from gan_monitor.core.inputs import call_generator, index_inputs, make_inputs, move_inputs, num_samples
-from gan_monitor.core.tracing import Edit, eval_mode, module_device, resolve_layer
+from gan_monitor.core.tracing import Edit, eval_mode, resolve_layer
+from gan_monitor.core.validation import check_inputs, run_device
 from gan_monitor.dissection.pipeline import dissect
-from gan_monitor.interventions.ace import AceResult, ace, concept_index, insertion_values, layer_shape, presence
+from gan_monitor.interventions.ace import (AceResult, ace, concept_index, insertion_values, layer_shape, presence,
+                                           second_sample_fn)
 from gan_monitor.segmenters.base import validate_segmenter
 
 __all__ = ["causal_units", "CausalUnits", "check_differentiable"]
@@ -197,13 +200,19 @@ def causal_units(generator: nn.Module, layer: str, concept: str | int, *, segmen
         insert_weight: weight of the insertion term (1: Eq. 5-6; 0: removal only, which
             ranks units for ablation alone and skips the insertion passes).
         top_n, eval_n, evaluate: size of the evaluated sets, images used (seed + 2).
+            With your own ``inputs=``, the insertion values and the evaluation images need
+            ``input_fn=`` (how to draw more), or ``values=`` and ``evaluate=False``: nothing is
+            drawn that you did not describe.
     """
     validate_segmenter(segmenter)
     check_differentiable(segmenter)
     c = concept_index(segmenter, concept)
     resolve_layer(generator, layer)
-    device = torch.device(device) if device is not None else module_device(generator)
-    if inputs is None:
+    device = run_device(generator, device)
+    if values is None or evaluate:
+        what = "causal_units" + (" without values=" if values is None else "")
+        second_sample_fn(check_inputs(inputs) is not None, input_fn, what, also=", evaluate=False" if evaluate else "")
+    if check_inputs(inputs) is None:
         inputs = make_inputs(generator, n, seed, input_fn)
     n = num_samples(inputs)
     with eval_mode(generator, segmenter), torch.no_grad():
@@ -224,6 +233,7 @@ def causal_units(generator: nn.Module, layer: str, concept: str | int, *, segmen
     gen = torch.Generator().manual_seed(seed + 3)
     losses: list[float] = []
     pull = torch.zeros_like(a, requires_grad=False)
+    used = 0  # removal + insertion locations the loss saw
     with eval_mode(generator, segmenter):
         for _ in range(int(epochs)):
             order = torch.randperm(n, generator=gen)
@@ -234,6 +244,7 @@ def causal_units(generator: nn.Module, layer: str, concept: str | int, *, segmen
                                                   tries if insert_weight else 0, gen)
                 remove_at = _sample_locations(present, locations, gen).to(device)
                 insert_at = _sample_locations(insertable, locations, gen).to(device) * (insert_weight != 0)
+                used += int(remove_at.sum()) + int(insert_at.sum())
                 loss = penalty * a.norm()
                 with torch.enable_grad():
                     if remove_at.sum() > 0:
@@ -251,6 +262,11 @@ def causal_units(generator: nn.Module, layer: str, concept: str | int, *, segmen
                 with torch.no_grad():
                     a.clamp_(0.0, 1.0)
                 losses.append(float(loss.detach()))
+    if used == 0:
+        warnings.warn(f"causal_units: concept {list(segmenter.concepts)[c]!r} was neither segmented nor insertable at "
+                      f"any location of the {n} optimisation images, so nothing was optimised and the ranking is the IoU "
+                      "initialisation; use images where the generator draws it (n=, inputs=) or more tries=.",
+                      stacklevel=2)
     coefficients, pull = a.detach().cpu(), pull.cpu()
     by_pull = torch.argsort(pull, descending=True, stable=True)
     ranking = by_pull[torch.argsort(coefficients[by_pull], descending=True, stable=True)].tolist()

@@ -18,8 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from gan_monitor.core.inputs import call_generator, index_inputs, make_inputs, move_inputs, num_samples
-from gan_monitor.core.tracing import Edit, Trace, eval_mode, layer_names, module_device, resolve_layer
-from gan_monitor.interventions.ace import check_region, check_units, insertion_values, prepare_edit, presence
+from gan_monitor.core.tracing import Edit, Trace, eval_mode, layer_names, resolve_layer
+from gan_monitor.core.validation import check_inputs, run_device
+from gan_monitor.interventions.ace import (check_region, check_units, insertion_values, prepare_edit, presence,
+                                           second_sample_fn)
 
 __all__ = ["contextual_insertion", "ContextualInsertion", "trace_effects", "TraceEffects"]
 
@@ -61,6 +63,8 @@ def contextual_insertion(generator: nn.Module, layer: str, units, concept: str |
     """Insert ``units`` (set to the concept's insertion values) at one featuremap
     location at a time and count the concept pixels gained; condition the mean
     gain on the concept already at the location (doors appear on buildings)."""
+    if values is None:
+        second_sample_fn(check_inputs(inputs) is not None, input_fn, "contextual_insertion without values=")
     c, units, inputs, shape, device = prepare_edit(generator, layer, units, concept, segmenter, inputs, n, seed,
                                                    input_fn, device)
     if values is None:
@@ -117,25 +121,29 @@ def trace_effects(generator: nn.Module, layer: str, units, *, value=0.0, mask=No
     [n, h, w] at the layer's resolution), the change of every later featuremap layer
     (S-6.5): per channel, mean |edited - original| divided by the channel's mean
     |original|, averaged over channels; ``.maps`` has it per location. Ordered by
-    execution; channels that are always 0 count their raw change."""
-    device = torch.device(device) if device is not None else module_device(generator)
-    if inputs is None:
+    execution; channels that are always 0 count their raw change. Modules that run more
+    than once per forward pass (e.g. one ReLU module reused) are left out: they have no
+    single output (``gan_monitor.core.layer_selectors``)."""
+    device = run_device(generator, device)
+    if check_inputs(inputs) is None:
         inputs = make_inputs(generator, n, seed, input_fn)
     batch = move_inputs(inputs, device)
-    names = layer_names(generator)
     resolve_layer(generator, layer)
+    names = layer_names(generator) + ([layer] if layer not in layer_names(generator) else [])
     with eval_mode(generator), torch.no_grad():
-        with Trace(generator, names, detach=True) as trace:
+        # modules that run more than once per forward (e.g. a shared ReLU) have no single output: left out
+        with Trace(generator, names, detach=True, allow_repeated=True) as trace:
             call_generator(generator, batch)
-        original = dict(trace.outputs)
+        names = [name for name in names if name not in trace.repeated or name == layer]
+        original = {name: out for name, out in trace.outputs.items() if name in names}
         if layer not in original:
             raise ValueError(f"layer {layer!r} did not run in the forward pass.")
         shape = tuple(original[layer].shape[1:])
         units = check_units(units, shape[0], layer)
-        region = check_region(mask, shape, num_samples(inputs))
+        region = check_region(mask, shape, num_samples(inputs), name="mask")
         region = region.to(device) if region is not None else None
         with Edit(generator, layer, units=units, value=value, mask=region), \
-                Trace(generator, names, detach=True) as trace:
+                Trace(generator, names, detach=True, allow_repeated=True) as trace:
             call_generator(generator, batch)
         edited = dict(trace.outputs)
     order = list(original)

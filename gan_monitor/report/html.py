@@ -102,8 +102,24 @@ def render_page(store: OutputFolder, entries: Sequence[CheckpointEntry], shown: 
     return add_signals_section(page, entries, result.settings.get("step_axis"))  # units x checkpoints, diversity
 
 
-def build_report(folder: str | Path, checkpoint: str | None = None) -> Path:
-    """Write ``folder/index.html`` (and the bar graph PNGs) and return its path."""
+def _check_pictures(store: OutputFolder, shown: CheckpointEntry) -> None:
+    missing = [layer for layer, ld in shown.result.items()
+               if ld.num_units and not any(store.unit_picture(shown, layer, u) for u in range(ld.num_units))]
+    if missing:
+        raise ReportError(
+            f"{store.root / shown.json} has no unit pictures for layer(s) {', '.join(missing)} (a dissection.json "
+            "holds the numbers, not the images). To get them: from Python, "
+            "gan_monitor.write_report(result, generator, FOLDER) draws them again from the "
+            f"generator; or gan-monitor dissect CKPT --layers {','.join(missing)} --out FOLDER; or add --no-pictures "
+            "(require_pictures=False in Python) to write the report without them.")
+
+
+def build_report(folder: str | Path, checkpoint: str | None = None, *, require_pictures: bool = True) -> Path:
+    """Write ``folder/index.html`` (and the bar graph PNGs) and return its path.
+
+    With ``require_pictures`` (default), a checkpoint without unit pictures is refused with how to
+    make them (:func:`gan_monitor.report.full_report.write_report`); ``require_pictures=False``
+    writes the page without them."""
     store = OutputFolder(folder)
     entries = store.read_entries()
     if not entries:
@@ -116,4 +132,6 @@ def build_report(folder: str | Path, checkpoint: str | None = None) -> Path:
         shown = entries[names.index(checkpoint)]
     else:
         raise ReportError(f"no checkpoint named {checkpoint!r} in {store.root}; there are: {', '.join(names)}.")
+    if require_pictures:
+        _check_pictures(store, shown)
     return store.write_page(render_page(store, entries, shown))

@@ -9,6 +9,8 @@ here and nowhere else (``cli/dissect`` writes it, ``cli/compare`` and the HTML r
       <name>/units/<layer>/unit_<u>.png   unit u's top images with its mask outlined
       <name>/bars_<layer>.png             interpretable units per concept (drawn by the report)
       index.html                          the HTML report
+      run.json                            the run: settings, state "running" until the end, then
+                                          "finished" (``gan_monitor.report.run_record``)
 
 A timeline entry is ``{"name", "checkpoint", "step", "x", "json", "unit_pictures"}``: ``x`` is
 the checkpoint's training step (its position in the timeline for a plain state dict, whose
@@ -17,7 +19,10 @@ as one checkpoint named after the folder.
 
 Every file is written atomically (a temporary file in the same folder, then ``os.replace``):
 a reader sees the previous version or the new one, never half a file, and a writer that
-fails midway leaves no partial file behind.
+fails midway leaves no partial file behind. A folder whose ``run.json`` does not say
+"finished" (an interrupted or running ``dissect``) and a folder whose checkpoints were
+dissected with different settings are refused by the readers (``report``, ``compare``)
+with the way to fix them.
 """
 from __future__ import annotations
 
@@ -35,7 +40,8 @@ from typing import IO, Any, Iterator, Mapping, Sequence
 from gan_monitor.core.errors import ReportError
 from gan_monitor.dissection.results import DissectionResult
 
-__all__ = ["TIMELINE", "SUMMARY", "DISSECTION", "TENSORBOARD", "PAGE", "atomic_write", "write_text", "save_image",
+__all__ = ["TIMELINE", "SUMMARY", "DISSECTION", "TENSORBOARD", "PAGE", "RUN", "read_record", "check_finished",
+           "atomic_write", "write_text", "save_image",
            "safe_name", "CheckpointEntry", "summary_rows", "rows_to_csv", "read_dissection_file", "OutputFolder"]
 
 TIMELINE = "timeline.json"
@@ -43,6 +49,9 @@ SUMMARY = "summary.csv"
 DISSECTION = "dissection.json"
 TENSORBOARD = "tensorboard"
 PAGE = "index.html"
+RUN = "run.json"
+# result settings that must agree between the checkpoints of one folder
+_SAME_SETTINGS = ("threshold", "quantile", "iou", "cutoff", "n", "seed", "inputs", "input_fn", "image_range")
 
 
 @contextmanager
@@ -146,6 +155,43 @@ def read_dissection_file(path: str | Path) -> CheckpointEntry:
     return CheckpointEntry(name=path.parent.name, json=path.name, result=_read_result(path))
 
 
+def read_record(root: str | Path) -> dict[str, Any] | None:
+    """``root/run.json`` as a dict, None when there is none (a folder of an older version)."""
+    path = Path(root) / RUN
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ReportError(f"cannot read {path}: {err}; rerun `gan-monitor dissect` with --overwrite.") from err
+    if not isinstance(record, dict) or "state" not in record:
+        raise ReportError(f"{path} is not a gan-monitor run record; rerun `gan-monitor dissect` with --overwrite.")
+    return record
+
+
+def check_finished(root: str | Path) -> None:
+    """Raise ``ReportError`` (saying how to fix it) unless the folder's run finished."""
+    record = read_record(root)
+    if record is None or record.get("state") == "finished":
+        return
+    command = record.get("command") or f"gan-monitor dissect CKPT ... --out {root}"
+    raise ReportError(
+        f"{root} holds an unfinished dissection ({len(record.get('done', []))} checkpoint(s) done; the run was "
+        f"interrupted or is still running). Rerun the same command to complete it: {command} "
+        "(or add --overwrite to start again).")
+
+
+def _check_not_mixed(root: Path, entries: Sequence[CheckpointEntry]) -> None:
+    first = entries[0]
+    for entry in entries[1:]:
+        differ = [k for k in _SAME_SETTINGS if first.result.settings.get(k) != entry.result.settings.get(k)]
+        if differ:
+            what = ", ".join(f"{k} {first.result.settings.get(k)!r} vs {entry.result.settings.get(k)!r}"
+                             for k in differ)
+            raise ReportError(f"{root} mixes dissections made with different settings ({first.name} vs {entry.name}: "
+                              f"{what}); rerun `gan-monitor dissect` on all checkpoints with --overwrite.")
+
+
 class OutputFolder:
     """The output folder ``root`` (see the module docstring for its layout)."""
 
@@ -164,6 +210,16 @@ class OutputFolder:
             name = f"{base}_{i}"
         self._names.add(name)
         return CheckpointEntry(name=name, json=f"{name}/{DISSECTION}", step=step, x=x, checkpoint=str(checkpoint))
+
+    def reserve_names(self, names) -> None:
+        """Folder names taken by earlier entries (``new_entry`` picks other ones)."""
+        self._names.update(names)
+
+    def adopt_entry(self, entry: CheckpointEntry) -> CheckpointEntry:
+        """An entry written earlier into this folder, with its ``result`` read; its name is taken."""
+        self._names.add(entry.name)
+        entry.result = _read_result(self.root / entry.json)
+        return entry
 
     def write_dissection(self, entry: CheckpointEntry, result: DissectionResult) -> Path:
         (self.root / entry.name).mkdir(parents=True, exist_ok=True)
@@ -199,6 +255,7 @@ class OutputFolder:
         """The folder's checkpoints in the order of timeline.json, each with its ``result``."""
         if not self.root.is_dir():
             raise ReportError(f"{self.root}: no such folder.")
+        check_finished(self.root)
         index_file = self.root / TIMELINE
         if index_file.is_file():
             try:
@@ -213,6 +270,8 @@ class OutputFolder:
                               f"create it with `gan-monitor dissect CKPT --layers ... --out {self.root}`.")
         for entry in entries:
             entry.result = _read_result(self.root / entry.json)
+        if entries:
+            _check_not_mixed(self.root, entries)
         return entries
 
     def read_summary(self) -> list[dict[str, str]]:

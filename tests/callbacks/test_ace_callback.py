@@ -95,7 +95,7 @@ class SoftColorSegmenter(ColorSegmenter):
 
 
 def test_causal_option_logged_and_state_survives_checkpoints(tmp_path):
-    from gan_monitor.core.inputs import make_inputs
+    from gan_monitor.core.inputs import default_input_fn, make_inputs
     from gan_monitor.interventions.causal_units import causal_units
 
     seg = SoftColorSegmenter()
@@ -110,8 +110,8 @@ def test_causal_option_logged_and_state_survives_checkpoints(tmp_path):
     # the same number directly: optimised on seed + 1 images, evaluated on the held-out ones
     gen, dissection = model.generator, mon.last_result["layer2"]
     cu = causal_units(gen, "layer2", "red", segmenter=seg, inputs=make_inputs(gen, 8, mon.sample.seed + 1),
-                      seed=mon.sample.seed + 1, dissection=dissection, top_n=3, evaluate=False, epochs=1,
-                      batch_size=8)
+                      seed=mon.sample.seed + 1, input_fn=default_input_fn(gen), dissection=dissection, top_n=3,
+                      evaluate=False, epochs=1, batch_size=8)
     inputs = index_inputs(mon.sample.inputs(gen, "cpu"), torch.arange(8))
     assert metrics[key] == pytest.approx(ace(gen, "layer2", cu.ranking[:3], "red", segmenter=seg,
                                              inputs=inputs).fraction_removed, abs=1e-6)

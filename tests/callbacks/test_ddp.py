@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import json
 import os
 import socket
 import subprocess
@@ -100,6 +101,8 @@ def _config(threshold: str):
     segmenter = PlantedSegmenter(multilabel=True)
     mode = IQR(n=29, subsample=4096) if threshold == "iqr" else Quantile()
     kwargs = dict(n=37, seed=5, threshold=mode, batch_size=8, topk=3)
+    if threshold == "streaming":  # quantile mode, budget forced low: regenerates instead of caching
+        kwargs["memory_budget"] = 1
     return generator, segmenter, FailingSegmenter(multilabel=True), kwargs
 
 
@@ -139,7 +142,7 @@ def _dissect_worker(rank, world, port, out):
                             timeout=datetime.timedelta(seconds=60))
     try:
         comm = distributed.TorchDistributed()
-        for threshold in ("quantile", "iqr"):
+        for threshold in ("quantile", "iqr", "streaming"):
             generator, segmenter, _, kwargs = _config(threshold)
             result = dissect(generator, ["features"], segmenter, distributed=comm, **kwargs)
             torch.save({"result": result}, Path(out) / f"{threshold}{rank}.pt")
@@ -176,13 +179,19 @@ def two_ranks(tmp_path_factory):
 
 
 @slow
-@pytest.mark.parametrize("threshold", ["quantile", "iqr"])
+@pytest.mark.parametrize("threshold", ["quantile", "iqr", "streaming"])
 def test_two_processes_equal_one(two_ranks, threshold):
     generator, segmenter, _, kwargs = _config(threshold)
     single = dissect(generator, ["features"], segmenter, **kwargs)
     for rank in range(2):
         got = torch.load(two_ranks / f"{threshold}{rank}.pt", weights_only=False)["result"]
         assert_same_result(got, single)
+    if threshold == "streaming":  # and equal to the cached path
+        assert single.settings["quantile_path"] == "streaming"
+        cached = dissect(generator, ["features"], segmenter, **{k: v for k, v in kwargs.items() if k != "memory_budget"})
+        assert cached.settings["quantile_path"] == "cached"
+        for field in FIELDS:
+            assert torch.equal(getattr(cached["features"], field), getattr(single["features"], field)), field
     ld = single["features"]
     assert int(ld.interpretable.sum()) >= 5  # the planted units are found: the comparison is not vacuous
     assert len(set(ld.topk.flatten().tolist())) > 3
@@ -201,7 +210,7 @@ def test_bytes_communicated_follow_the_readme_formula(two_ranks):
         "gather": 2 * (80 + 8 * (2 * params + 8))  # same generator and inputs (main and iqr sample)
         + 80 + 16  # segmentation size
         + 12 * k * units + 160,  # top images
-        "all-reduce": 5 * 8 * world  # votes
+        "all-reduce": 6 * 8 * world  # votes (one is the determinism check)
         + 8 * (units * per_unit + n_layers * (2 * concepts + categories + 2))  # unit x concept counts
         + 8 * (2 * concepts + 1 + 6 * 32 * 32)  # the sample's concept counts and diversity sums (32x32 images)
         + 256 * units * levels  # candidate levels by bisection
@@ -341,9 +350,12 @@ def test_cli_devices_2_writes_what_devices_1_writes(tmp_path):
         assert main(["dissect", str(ckpt), "--layers", "layer2,layer3", "--out", str(outs[devices]), "--n", "30",
                      "--seed", "3", "--threshold", "iqr", "--no-progress", "--devices", str(devices)]) == 0
 
-    def files(root):  # TensorBoard event file names hold the time and process id
+    def files(root):  # TensorBoard event file names hold the time and process id; run.json the command line
         return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
-                if p.is_file() and "tensorboard" not in p.parts}
+                if p.is_file() and "tensorboard" not in p.parts and p.name != "run.json"}
+
+    runs = [json.loads((outs[d] / "run.json").read_text()) for d in (1, 2)]
+    assert runs[0]["fingerprint"] == runs[1]["fingerprint"] and runs[0]["state"] == runs[1]["state"] == "finished"
 
     one, two = files(outs[1]), files(outs[2])
     assert one.keys() == two.keys() and any(k.endswith(".png") for k in one)

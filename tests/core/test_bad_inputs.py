@@ -339,3 +339,42 @@ def test_both_schedules_given_warns_which_one_is_used():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         DissectionMonitor("features", SEG, every_n_steps=5)  # the default epoch schedule: no warning
+
+
+class NanReachesImage(nn.Module):
+    """NaN activations in units 1 and 4 of ``g.features`` that reach the image (a diverged
+    generator); with ``after=True`` the traced layer is finite and the NaN comes later."""
+
+    def __init__(self, after: bool = False):
+        super().__init__()
+        self.g = PlantedGenerator(COUNTS, nan_units=() if after else (1, 4))
+        self.latent_dim, self.after, self.last = self.g.latent_dim, after, None
+        self.g.features.register_forward_hook(lambda module, args, out: setattr(self, "last", out))
+
+    def forward(self, z):
+        image = self.g(z)
+        poison = float("nan") if self.after else 0.0
+        return image + (poison + 0 * self.last.mean((1, 2, 3))).view(-1, 1, 1, 1)
+
+
+def test_nan_that_reaches_the_image_is_named_as_nan_activations_not_as_a_segmenter_problem():
+    # before: "segment() returned concept index range [-9223372036854775808, ...] ... the concept
+    # list and the model's outputs do not match" (the segmenter blamed for the generator's NaN)
+    with pytest.raises(ValueError) as info:
+        dissect(NanReachesImage(), "g.features", SEG, n=8, batch_size=8)
+    assert "layer 'g.features' has NaN/inf activations in units [1, 4]" in str(info.value)
+    assert "segment()" not in str(info.value) and "concept" not in str(info.value)
+    with pytest.raises(ValueError, match=r"images contain NaN/inf .* traced layers \['g.features'\] are finite"):
+        dissect(NanReachesImage(after=True), "g.features", SEG, n=8, batch_size=8)
+
+
+def test_toy_extractor_against_real_images_that_are_not_toy_scenes_warns():
+    from gan_monitor.fid.features import toy_real_stats
+
+    faces = torch.rand(100, 3, 32, 32, generator=torch.Generator().manual_seed(4)) * 2 - 1  # not toy scenes
+    real = RealStats.from_images([faces], source="my faces")
+    with pytest.warns(UserWarning, match="not toy scenes.*'my faces'.*InceptionFeatures"):
+        per_unit_fid(CG, "features", pool=8, k=2, real_stats=real)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        per_unit_fid(CG, "features", pool=8, k=2, real_stats=toy_real_stats(100, size=32))

@@ -158,7 +158,7 @@ def test_trace_effects_maps_and_bad_inputs(world):
     assert changes.maps["render"][:, 4:].abs().max() == 0 and changes.maps["render"][:, :4].max() > 0
     with pytest.raises(IndexError, match=r"\[20\] are out of range"):
         trace_effects(g, "features", [1, 20], n=4)
-    with pytest.raises(ValueError, match=r"region has shape \(4, 4\).*8x8"):
+    with pytest.raises(ValueError, match=r"mask has shape \(4, 4\).*8x8"):  # names the argument: mask=
         trace_effects(g, "features", TREE, mask=torch.ones(4, 4), n=4)
     with pytest.raises(IndexError, match="out of range"):
         contextual_insertion(g, "features", [99], "door", segmenter=s, n=2)

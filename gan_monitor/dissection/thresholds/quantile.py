@@ -29,7 +29,8 @@ if neither reproduces ``upsample``, ``collect_above_floors`` upsamples densely i
 
 Memory: the kept pixels, about ``1.4 * U * (k+1) * 12`` bytes per layer (float32
 value, int32 unit and position), plus a unit-major copy of at most ``chunk_elements``
-raw values, on top of the featuremap cache.
+raw values, on top of the featuremap cache; the temporaries of the selection raise the
+peak several-fold (measured numbers: README, "Memory").
 """
 from __future__ import annotations
 

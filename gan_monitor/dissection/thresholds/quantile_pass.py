@@ -33,6 +33,7 @@ from gan_monitor.dissection.thresholds.quantile import (
     guess_floors,
     interpolate_at,
 )
+from gan_monitor.dissection.thresholds.streaming import cached_bytes, streaming_quantile_pass
 from gan_monitor.dissection.thresholds.top_values import quantile_rank
 from gan_monitor.dissection.top_samples import TopSamples
 
@@ -42,11 +43,14 @@ __all__ = ["quantile_pass", "floors_from_subsample", "QUANTILE_SUBSAMPLE"]
 QUANTILE_SUBSAMPLE = 16384
 
 
-def quantile_pass(runner, inputs, layers, quantile, topk, seed, settings):
+def quantile_pass(runner, inputs, layers, quantile, topk, seed, settings, memory_budget=None):
     """Exact per-unit thresholds, their ``LayerTally`` and top samples for every layer.
 
     ``runner``: a ``BatchRunner`` over this rank's shard. ``settings`` gains
-    ``quantile_rank`` (pixels above each threshold) and ``quantile_subsample``.
+    ``quantile_rank`` (pixels above each threshold), ``quantile_path`` (``"cached"``, or
+    ``"streaming"`` when the cache would exceed ``memory_budget`` bytes, estimated by
+    ``streaming.cached_bytes`` at the first batch: then ``streaming.streaming_quantile_pass``
+    gives the same results in memory independent of n) and, cached, ``quantile_subsample``.
     Returns ``(thresholds, tallies, samples)``, dicts by layer name.
     """
     n, comm = num_samples(inputs), runner.comm
@@ -57,12 +61,17 @@ def quantile_pass(runner, inputs, layers, quantile, topk, seed, settings):
     samples: dict[str, TopSamples] = {}
     labels, shows = [], []
     positions = None
+    stream = False
 
     def sample_pass():
-        nonlocal positions
+        nonlocal positions, stream
         for start, acts, seg in runner.batches(inputs, "dissect: sample"):
             size = runner.size
             pixels = size[0] * size[1]
+            if positions is None and memory_budget is not None and cached_bytes(
+                    math.ceil(n / comm.world_size), acts, seg, quantile, n, comm.world_size) > memory_budget:
+                stream = True  # the same decision on every rank (global n, shapes, agreed budget)
+                return
             if positions is None:  # drawn for every global sample index: the same on every rank
                 per_image = max(1, min(pixels, math.ceil(QUANTILE_SUBSAMPLE / n)))
                 gen = torch.Generator().manual_seed(int(seed))
@@ -78,6 +87,9 @@ def quantile_pass(runner, inputs, layers, quantile, topk, seed, settings):
             shows.append(concept_presence(lab, len(categories), concept_category, len(cat_names))[1])
 
     run_phase(comm, "dissection (generator and segmenter)", sample_pass)
+    settings["quantile_path"] = "streaming" if stream else "cached"
+    if stream:
+        return streaming_quantile_pass(runner, inputs, layers, quantile, topk, settings)
     check_identical(comm, "segmentation sizes", torch.tensor(runner.size), "segment() must return one size.")
     size = runner.size
     pixels = size[0] * size[1]
