@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from support import RecordingLogger
 from test_callback import ColorSegmenter, TinyGAN, monitor, trainer
 
 from gan_monitor.callbacks.ace import AceOptions, AceSchedule
@@ -124,19 +125,6 @@ def test_causal_option_logged_and_state_survives_checkpoints(tmp_path):
     assert fresh.history == mon.ace.history and fresh.last_step == 6 and fresh.failures == 1
     fresh.load_state_dict(None)  # a checkpoint without this state
     assert fresh.history == [] and fresh.last_step is None and fresh.failures == 0
-
-
-class RecordingLogger:
-    """A Lightning-style logger that keeps what it is given."""
-
-    def __init__(self):
-        self.logged = []
-
-    def log_metrics(self, metrics, step):
-        self.logged.append((step, dict(metrics)))
-
-    def save(self):
-        pass
 
 
 def test_schedule_runs_with_a_context_and_no_monitor():

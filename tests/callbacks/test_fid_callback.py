@@ -10,6 +10,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from PIL import Image
+from support import RecordingLogger
 from torch import nn
 
 from gan_monitor.callbacks.context import PictureOptions
@@ -283,16 +284,6 @@ def test_schedule_runs_with_a_context_and_no_monitor(real_stats):
     from gan_monitor.callbacks.unit_fid import UnitFIDSchedule
     from gan_monitor.core.held_out import HeldOutSample
     from gan_monitor.dissection.pipeline import dissect
-
-    class RecordingLogger:
-        def __init__(self):
-            self.logged = []
-
-        def log_metrics(self, metrics, step):
-            self.logged.append((step, dict(metrics)))
-
-        def save(self):
-            pass
 
     pl.seed_everything(0, verbose=False)
     generator = ToyGAN(**TINY).generator

@@ -12,6 +12,7 @@ import pytest
 import torch
 from intervention_world import CausalGenerator, CausalSegmenter, SegmentOnly
 from planted_world import PlantedGenerator, PlantedSegmenter
+from support import assert_raises_naming
 from torch import nn
 
 from gan_monitor.callbacks.dissection_monitor import DissectionMonitor
@@ -217,11 +218,7 @@ def _real_stats(size: int) -> RealStats:
 def test_bad_input_names_the_argument(case, call, error, words):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # the 0.1 keywords still work, with a FutureWarning
-        with pytest.raises(error) as info:
-            call()
-    message = str(info.value)
-    for word in words:
-        assert word in message, f"{case}: {word!r} not in {message!r}"
+        assert_raises_naming(case, call, error, words)
 
 
 @NO_CUDA

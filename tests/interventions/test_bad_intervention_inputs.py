@@ -12,6 +12,7 @@ import warnings
 import pytest
 import torch
 from intervention_world import TREE, CausalGenerator, CausalSegmenter
+from support import assert_raises_naming
 from torch import nn
 
 from gan_monitor.callbacks.ace import AceOptions, AceSchedule
@@ -206,11 +207,7 @@ CASES = [
 
 @pytest.mark.parametrize("case, call, error, words", CASES, ids=[c[0] for c in CASES])
 def test_bad_intervention_input_names_the_argument(case, call, error, words):
-    with pytest.raises(error) as info:
-        call()
-    message = str(info.value)
-    for word in words:
-        assert word in message, f"{case}: {word!r} not in {message!r}"
+    assert_raises_naming(case, call, error, words)
 
 
 @NO_CUDA
