@@ -192,8 +192,8 @@ def dissect_checkpoints(checkpoints: Sequence[Path], layers: Sequence[str], out:
             if unknown:
                 raise CommandError(f"{item.path}: the generator has no layer(s) {', '.join(unknown)}; "
                                    f"available: {', '.join(layer_names(item.generator))}.")
-        return (loaded, load_segmenter_spec(segmenter, device), load_real_stats(real_stats, segmenter),
-                load_input_fn(input_fn))
+        real = load_real_stats(real_stats, segmenter) if lead else None  # only rank 0 writes the signals
+        return loaded, load_segmenter_spec(segmenter, device), real, load_input_fn(input_fn)
 
     loaded, seg, real, draw = _unwrapped(comm, "loading", load)
     timeline = UnitTimeline()
@@ -250,12 +250,11 @@ def dissect_checkpoints(checkpoints: Sequence[Path], layers: Sequence[str], out:
         result.settings["step_axis"] = item.axis
         if input_fn is not None:
             result.settings["input_fn"] = input_fn  # the --input-fn spec, for the report and a rerun
-        if getattr(result, "sample_stats", None):  # generated-vs-real, diversity, unit churn
-            signals = dissection_signals(result, real, timeline.update(result, int(entry.x)))
-            result.settings["signals"] = signals.record()
-
         def write():
             if lead:
+                if getattr(result, "sample_stats", None):  # generated-vs-real, diversity, unit churn
+                    signals = dissection_signals(result, real, timeline.update(result, int(entry.x)))
+                    result.settings["signals"] = signals.record()
                 _write_outputs(store, entry, item.generator, result, options, n, seed, device, writer, logger,
                                input_fn=draw)
                 if "signals" in result.settings:

@@ -17,7 +17,8 @@ from torch import nn
 from gan_monitor.core.validation import integer, positive_int
 
 __all__ = ["infer_latent_shape", "default_input_fn", "make_inputs", "num_samples", "index_inputs",
-           "slice_inputs", "move_inputs", "call_generator", "call_generator_first", "iterate_batches"]
+           "slice_inputs", "move_inputs", "call_generator", "call_generator_first", "iterate_batches",
+           "require_described_sample"]
 
 InputFn = Callable[[int, torch.Generator], Any]
 
@@ -141,6 +142,16 @@ def call_generator(generator: Callable, batch: Any) -> Any:
     if isinstance(batch, (tuple, list)):
         return generator(*batch)
     return generator(batch)
+
+
+def require_described_sample(inputs_given: bool, input_fn: InputFn | None, need: str, give: str) -> InputFn | None:
+    """``input_fn``, unless the user gave their own ``inputs=`` and no ``input_fn=``: then a
+    second sample (the iqr sample, insertion values, evaluation images) would be Gaussian
+    latents they never described, and ``ValueError`` says ``need`` and what to ``give``."""
+    if input_fn is None and inputs_given:
+        raise ValueError(f"{need}, but with your own inputs= and no input_fn= it would be Gaussian latents you "
+                         f"never asked for. Pass {give}.")
+    return input_fn
 
 
 def call_generator_first(generator: Callable, batch: Any) -> Any:

@@ -59,9 +59,9 @@ from gan_monitor.core.distributed import (
 )
 from gan_monitor.core.determinism import check_deterministic
 from gan_monitor.core.held_out import checksum
-from gan_monitor.core.inputs import make_inputs, num_samples
-from gan_monitor.core.tracing import as_layer_list, eval_mode, module_device, resolve_layer
-from gan_monitor.core.validation import check_not_meta, checked_device, integer, positive_int
+from gan_monitor.core.inputs import make_inputs, num_samples, require_described_sample
+from gan_monitor.core.tracing import as_layer_list, eval_mode, resolve_layer
+from gan_monitor.core.validation import check_inputs, integer, positive_int, run_device
 from gan_monitor.dissection.concept_counts import SampleCounter
 from gan_monitor.dissection.exclusion import check_exclude_units, exclusion_masks
 from gan_monitor.dissection.legacy_keywords import threshold_from_legacy
@@ -76,13 +76,6 @@ from gan_monitor.dissection.upsample import upsample
 from gan_monitor.segmenters.base import validate_segmenter
 
 __all__ = ["dissect", "upsample", "DissectionResult", "LayerDissection", "IQR_SEED_OFFSET"]
-
-
-def _input_tensors(inputs: Any) -> list[torch.Tensor]:
-    if isinstance(inputs, torch.Tensor):
-        return [inputs]
-    values = inputs.values() if isinstance(inputs, dict) else inputs if isinstance(inputs, (list, tuple)) else []
-    return [x for x in values if isinstance(x, torch.Tensor)]
 
 
 def _agreed_inputs(comm, generator, inputs, draw: Callable[[], Any], what: str) -> Any:
@@ -185,12 +178,13 @@ def dissect(generator: nn.Module, layers: str | Iterable[str], segmenter, *, inp
         n = positive_int("n", n)
     if input_fn is not None and not callable(input_fn):
         raise TypeError(f"input_fn must be a function (n, torch.Generator) -> inputs, got {type(input_fn).__name__}.")
-    if isinstance(mode, IQR) and inputs is not None and mode.inputs is None and input_fn is None:
-        raise ValueError(
-            "iqr mode chooses each unit's level on a second, separate held-out sample, and you gave inputs= "
-            "without saying how to make that sample (dissect never draws inputs you did not describe). Pass "
+    if isinstance(mode, IQR) and mode.inputs is None:  # iqr levels come from a second sample
+        require_described_sample(
+            inputs is not None, input_fn,
+            "iqr mode chooses each unit's level on a second, separate held-out sample (dissect never draws inputs "
+            "you did not describe)",
             "threshold=IQR(inputs=<a second set of inputs like yours>) (0.1 spelling: iqr_inputs=), or "
-            "input_fn=<function (n, torch.Generator) -> inputs> to draw it, or use threshold='quantile'.")
+            "input_fn=<function (n, torch.Generator) -> inputs> to draw it, or use threshold='quantile'")
     if not isinstance(generator, nn.Module):
         raise TypeError(f"generator must be a torch.nn.Module, got {type(generator).__name__}.")
     layers = as_layer_list(layers)
@@ -199,16 +193,12 @@ def dissect(generator: nn.Module, layers: str | Iterable[str], segmenter, *, inp
     excluded = check_exclude_units(exclude_units, layers)
     validate_segmenter(segmenter)
     concepts, categories = list(segmenter.concepts), list(segmenter.categories)
-    check_not_meta("the generator", list(generator.parameters()) + list(generator.buffers()))
-    device = checked_device("device", device) if device is not None else module_device(generator)
-    drawn = inputs is None
+    device = run_device(generator, device)
+    drawn = check_inputs(inputs) is None
     comm = resolve(distributed)
     inputs = _agreed_inputs(comm, generator, inputs, lambda: make_inputs(generator, n, seed, input_fn),
                             "held-out inputs")
     n = num_samples(inputs)
-    if n < 1:
-        raise ValueError("inputs= holds 0 samples (dim 0 is empty); give at least one held-out input per rank.")
-    check_not_meta("inputs=", _input_tensors(inputs))
     chosen = options.settings()
     settings: dict[str, Any] = {"threshold": chosen["threshold"], "quantile": chosen["quantile"], "iou": iou,
                                 "cutoff": chosen["cutoff"], "n": n, "seed": seed,

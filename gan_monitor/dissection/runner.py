@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable
 import torch
 from tqdm.auto import tqdm
 
-from gan_monitor.core.inputs import call_generator, index_inputs, iterate_batches, num_samples
+from gan_monitor.core.inputs import call_generator, call_generator_first, index_inputs, iterate_batches, num_samples
 from gan_monitor.core.tracing import Trace
 from gan_monitor.segmenters.base import validate_segmentation
 
@@ -82,16 +82,8 @@ class BatchRunner:
             self.observer.reset()  # the last pass of a dissection is its main sample
         for start, batch in iterate_batches(inputs, self.batch_size, self.device):
             with Trace(self.generator, self.layers, require_featuremap=True) as trace:
-                try:
-                    images = call_generator(self.generator, batch)
-                except TypeError as err:
-                    if self.size is not None:  # not a question of how it is called
-                        raise
-                    raise TypeError(
-                        f"calling {type(self.generator).__name__} on the held-out inputs failed: {err}. If its "
-                        "forward needs more than one input (e.g. G(styles, noise) or G(z, labels)), pass "
-                        "input_fn=<function (n, torch.Generator) -> inputs> returning a tuple (called as G(*x)) or "
-                        "a dict (G(**x)), or inputs=... (gan_monitor.core.input_factories has ready ones).") from err
+                call = call_generator_first if self.size is None else call_generator  # first: hint at input_fn=
+                images = call(self.generator, batch)
             acts = {name: trace[name] for name in self.layers}
             b = next(iter(acts.values())).shape[0]
             self._check_activations(start, acts)

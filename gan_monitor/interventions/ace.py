@@ -25,7 +25,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from gan_monitor.core.determinism import check_deterministic
-from gan_monitor.core.inputs import call_generator, call_generator_first, iterate_batches, make_inputs, num_samples
+from gan_monitor.core.inputs import (
+    call_generator,
+    call_generator_first,
+    iterate_batches,
+    make_inputs,
+    num_samples,
+    require_described_sample,
+)
 from gan_monitor.core.errors import AbsentConceptError
 from gan_monitor.core.tracing import Edit, Trace, eval_mode, resolve_layer
 from gan_monitor.core.validation import check_inputs, run_device
@@ -83,15 +90,12 @@ def layer_shape(generator, layer: str, inputs, device) -> tuple[int, int, int]:
 
 
 def second_sample_fn(inputs_given: bool, input_fn: Callable | None, what: str, also: str = "") -> Callable | None:
-    """``input_fn`` for a second sample (insertion values at seed + 1, an evaluation sample),
-    refusing to draw Gaussian latents the user never described: with their own ``inputs=``
-    and no ``input_fn=`` the caller must give what the second sample is for (e.g. ``values=``)."""
-    if input_fn is None and inputs_given:
-        raise ValueError(f"{what} needs a second sample (drawn at seed + 1), but with your own inputs= and no "
-                         "input_fn= it would be Gaussian latents you never asked for. Pass values= (e.g. "
-                         f"insertion_values(generator, layer, segmenter, inputs=...)){also} or input_fn=lambda n, gen: "
-                         "... (how your inputs are drawn).")
-    return input_fn
+    """``input_fn`` for a second sample (insertion values at seed + 1, an evaluation sample);
+    :func:`gan_monitor.core.inputs.require_described_sample` refuses to draw it unasked."""
+    return require_described_sample(
+        inputs_given, input_fn, f"{what} needs a second sample (drawn at seed + 1)",
+        f"values= (e.g. insertion_values(generator, layer, segmenter, inputs=...)){also} or input_fn=lambda n, gen: "
+        "... (how your inputs are drawn)")
 
 
 def prepare_edit(generator, layer: str, units, concept, segmenter, inputs, n: int, seed: int, input_fn, device):

@@ -176,24 +176,23 @@ class DissectionWriter:
         if not self.log_images:
             return
         rich = self.rich_loggers(loggers)
-        others = [logger for logger in rich if not supports_rich_media(logger)]
-        if others:
-            images, tables = self.media(result, int(step), examples)
-            self._media.log(others, int(step), images, tables)
-        for logger in rich:
-            if logger in others:
-                continue
+        if not rich:
+            return
+        images, tables = self.media(result, int(step), examples)  # drawn once for every logger
+        boards = [logger for logger in rich if supports_rich_media(logger)]
+        self._media.log([logger for logger in rich if logger not in boards], int(step), images, tables)
+        for logger in boards:
             writer = logger.experiment
             if id(writer) not in self._layout_written:
                 writer.add_custom_scalars(custom_scalar_layout(list(result.layers), categories))
                 self._layout_written.add(id(writer))
             for layer, ld in result.items():
-                self._write_layer(writer, layer, ld, int(step), (examples or {}).get(layer))
+                self._write_layer(writer, layer, ld, int(step), images)
             writer.flush()
 
     def media(self, result: DissectionResult, step: int, examples=None) -> tuple[dict[str, Any], dict[str, Any]]:
         """The pictures (``{tag: PIL image}``) and tables (``{tag: (columns, rows)}``) of
-        ``result`` for loggers other than TensorBoard: per layer the units-per-concept chart,
+        ``result`` for every logger that takes them: per layer the units-per-concept chart,
         the top-units grid (when ``examples`` has the layer) and the interpretable-units table."""
         images, tables = {}, {}
         for layer, ld in result.items():
@@ -222,15 +221,15 @@ class DissectionWriter:
                 for u, images, masks in unit_examples]
         return pictures.top_units_grid(rows, title=f"{layer} @ step {step}: top units")
 
-    def _write_layer(self, writer, layer: str, ld, step: int, unit_examples) -> None:
+    @staticmethod
+    def _write_layer(writer, layer: str, ld, step: int, images: Mapping[str, Any]) -> None:
+        """TensorBoard: the IoU histogram, the layer's pictures of :meth:`media` and its table as text."""
         if ld.num_units:
             writer.add_histogram(tag(layer, "unit_iou"), ld.unit_iou.detach().cpu().double().numpy(), step,
                                  bins=_IOU_BINS)
-        chart = self._concept_chart(layer, ld, step)
-        writer.add_image(tag(layer, "units_per_concept"), pictures.to_chw(chart), step, dataformats="CHW")
-        grid = self._units_grid(layer, ld, step, unit_examples)
-        if grid is not None:
-            writer.add_image(tag(layer, "top_units"), pictures.to_chw(grid), step, dataformats="CHW")
+        for name in ("units_per_concept", "top_units"):
+            if tag(layer, name) in images:
+                writer.add_image(tag(layer, name), pictures.to_chw(images[tag(layer, name)]), step, dataformats="CHW")
         writer.add_text(tag(layer, "interpretable_units_table"), pictures.interpretable_units_table(ld), step)
 
 

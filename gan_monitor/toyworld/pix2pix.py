@@ -43,7 +43,7 @@ from gan_monitor.core.validation import positive_int
 
 from . import CONCEPT_NAMES
 from .gan import ToyGAN, check_training_data
-from .gan_networks import upsample_conv2d
+from .gan_networks import ToRGB, upsample_conv2d
 from .scenes import MAX_SIZE, MIN_SIZE, render_scenes
 
 __all__ = ["ToyPix2PixGenerator", "PatchDiscriminator", "ToyPix2Pix", "load_toypix2pix", "pix2pix_inputs"]
@@ -93,17 +93,6 @@ class UpBlock(nn.Module):
         return self.dropout(self.act(self.norm(upsample_conv2d(x, self.conv.weight, None))))
 
 
-class OutputBlock(nn.Module):
-    """Nearest upsample + 3x3 convolution to RGB, tanh."""
-
-    def __init__(self, in_channels: int):
-        super().__init__()
-        self.conv = nn.Conv2d(in_channels, 3, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(upsample_conv2d(x, self.conv.weight, self.conv.bias))
-
-
 class ToyPix2PixGenerator(nn.Module):
     """U-Net from one-hot label maps ``[N, in_channels, S, S]`` to images ``[N, 3, S, S]``
     in [-1, 1]; see the module docstring. ``channels``: widths of ``down1 ... downK``
@@ -132,7 +121,7 @@ class ToyPix2PixGenerator(nn.Module):
             inner = depth - 1 - k  # 0 for the innermost decoder block
             width_in = channels[k] if k == depth - 1 else 2 * channels[k]
             self.add_module(f"up{k}", UpBlock(width_in, channels[k - 1], dropout if inner < dropout_blocks else 0.0))
-        self.output = OutputBlock(2 * channels[0])
+        self.output = ToRGB(2 * channels[0])  # nearest upsample + 3x3 conv to RGB, tanh (the toy GAN's)
         self.depth = depth
         #: dissectable featuremaps, encoder then decoder
         self.layer_names = [f"down{k}" for k in range(1, depth + 1)] + [f"up{k}" for k in range(depth - 1, 0, -1)]
