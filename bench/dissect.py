@@ -14,7 +14,8 @@
     200,2000; the issue's figures: ``--memory-n 1000,10000``, about 15 min on one thread),
     at the default ``memory_budget`` and with the budget forced low (the streaming path),
     with each run's wall time and path. Goal: the larger n <= 1.2x the smaller at the
-    default budget (memory independent of n) and likewise streaming.
+    default budget (memory independent of n) and likewise streaming. ``--memory-mode iqr``:
+    the same for an iqr-mode dissection (its iqr sample cached or streamed).
 
 (a) runs ``--repeat`` rounds after one warm-up call of each; a round times the forward
 pass, the quantile-mode and the iqr-mode dissection back to back. It prints the best
@@ -154,8 +155,8 @@ def bench_tally(images, batch_size, repeat):
           "s/image (exact thresholds + tally, no generator)")
 
 
-def memory_child(n, budget, layers, batch_size):
-    """Runs in a fresh process: one quantile-mode dissection; prints JSON with peak RSS."""
+def memory_child(n, budget, layers, batch_size, mode="quantile"):
+    """Runs in a fresh process: one dissection (``mode`` quantile or iqr); prints JSON with peak RSS."""
     from gan_monitor.toyworld.gan import ToyGenerator
     from gan_monitor.toyworld.segmenter import load_segmenter
 
@@ -163,21 +164,22 @@ def memory_child(n, budget, layers, batch_size):
     generator, segmenter = ToyGenerator().eval(), load_segmenter()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
-    result = dissect(generator, layers, segmenter, n=n, seed=0, batch_size=batch_size,
+    result = dissect(generator, layers, segmenter, n=n, seed=0, batch_size=batch_size, threshold=mode,
                      memory_budget=budget if budget > 0 else None)
+    path = result.settings["quantile_path" if mode == "quantile" else "iqr_path"]
     print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                       "rss_before_mb": before / 1024, "wall_s": time.perf_counter() - start,
-                      "path": result.settings["quantile_path"], "budget": result.settings["memory_budget"]}))
+                      "path": path, "budget": result.settings["memory_budget"]}))
 
 
-def bench_memory(sizes, layers, batch_size, threads, low_budget):
-    print(f"(m) peak RSS of a quantile-mode dissection, toy GAN, layers {layers}, batch {batch_size} "
+def bench_memory(sizes, layers, batch_size, threads, low_budget, mode="quantile"):
+    print(f"(m) peak RSS of a {mode}-mode dissection, toy GAN, layers {layers}, batch {batch_size} "
           "(fresh process per run)")
     for label, budget in (("default budget", 0), (f"budget {low_budget} B (streaming)", low_budget)):
         peaks = []
         for n in sizes:
             cmd = [sys.executable, __file__, "--child", f"{n},{budget}", "--layers", ",".join(layers),
-                   "--batch-size", str(batch_size), "--threads", str(threads)]
+                   "--batch-size", str(batch_size), "--threads", str(threads), "--memory-mode", mode]
             out = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip()
                              .splitlines()[-1])
             peaks.append(out["peak_rss_mb"])
@@ -198,12 +200,13 @@ def main():
     parser.add_argument("--parts", default="a,b,m", help="which figures, comma-separated: a, b, m")
     parser.add_argument("--memory-n", default="200,2000", help="sample sizes of (m)")
     parser.add_argument("--low-budget", type=int, default=1, help="bytes: forces the streaming path in (m)")
+    parser.add_argument("--memory-mode", default="quantile", choices=["quantile", "iqr"], help="threshold mode of (m)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.child:
         n, budget = (int(x) for x in args.child.split(","))
-        return memory_child(n, budget, args.layers.split(","), args.batch_size)
+        return memory_child(n, budget, args.layers.split(","), args.batch_size, args.memory_mode)
     print(f"torch {torch.__version__}, {args.threads} thread(s)")
     parts = args.parts.split(",")
     if "a" in parts:
@@ -212,7 +215,7 @@ def main():
         bench_tally(args.tally_images, 8, args.repeat)
     if "m" in parts:
         bench_memory([int(x) for x in args.memory_n.split(",")], args.layers.split(","), args.batch_size,
-                     args.threads, args.low_budget)
+                     args.threads, args.low_budget, args.memory_mode)
 
 
 if __name__ == "__main__":

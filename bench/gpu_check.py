@@ -109,7 +109,8 @@ def agreement(device) -> bool:
     print(f"(1) agreement, CPU vs {device} (tolerances: thresholds rel. {THRESHOLD_RTOL}, IoU {IOU_ATOL})")
     ok = True
     maps, segs = synthetic_world(96, 48, 8, 64, 31, 6, seed=1)
-    modes = {"quantile (cached)": {}, "quantile (streaming)": {"memory_budget": 1}, "iqr": {"threshold": IQR()}}
+    modes = {"quantile (cached)": {}, "quantile (streaming)": {"memory_budget": 1}, "iqr": {"threshold": IQR()},
+             "iqr (streaming)": {"threshold": IQR(), "memory_budget": 1}}
     for label, kw in modes.items():
         cpu = replay_dissect(maps, segs, 31, "cpu", batch_size=16, **dict(kw))
         dev = replay_dissect(maps, segs, 31, device, batch_size=16, **dict(kw))
@@ -127,7 +128,8 @@ def agreement(device) -> bool:
         if hasattr(segmenter, "to"):
             segmenter.to(where)
         results[where] = {label: dissect(g, ["layer2", "layer3"], segmenter, inputs=z.to(where), batch_size=16,
-                                         **({"threshold": IQR(inputs=z_iqr.to(where))} if label == "iqr" else kw))
+                                         **(dict(kw, threshold=IQR(inputs=z_iqr.to(where))) if label.startswith("iqr")
+                                            else kw))
                           for label, kw in modes.items()}
     for label in modes:
         ok &= compare(f"toy GAN, {label}", results["cpu"][label], results[device][label])

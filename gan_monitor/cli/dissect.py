@@ -39,10 +39,12 @@ from tqdm.auto import tqdm
 from gan_monitor.cli.options import (
     add_generator_arguments,
     add_iou_argument,
+    add_memory_arguments,
     add_threshold_argument,
     checked,
     dissection_options,
     load_input_fn,
+    memory_size,
 )
 from gan_monitor.core import launch
 from gan_monitor.core.checkpoints import load_generator
@@ -110,6 +112,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=1800.0,
                    help="seconds a process waits for the others before the run fails (default 1800)")
     p.add_argument("--images", type=int, default=5, help="top images per unit picture (default 5)")
+    add_memory_arguments(p)  # --memory-budget, --allow-nondeterministic
     p.add_argument("--real-stats", default=None, metavar="PATH|toyworld",
                    help="concept statistics of real images (a file written by ConceptStats.save, or 'toyworld' "
                         "for the procedural scenes): adds the generated-vs-real training signals to the outputs")
@@ -168,6 +171,7 @@ def dissect_checkpoints(checkpoints: Sequence[Path], layers: Sequence[str], out:
                         segmenter: str = "toyworld", device: str = "cpu", batch_size: int = 32, images: int = 5,
                         trust: bool = False, progress: bool = True, echo: Callable[[str], Any] = print,
                         real_stats: str | None = None, input_fn: str | None = None, comm=None, overwrite: bool = False,
+                        memory_budget: int | None = None, allow_nondeterministic: bool = False,
                         command: str = "") -> dict[str, Any]:
     """Dissect each checkpoint; write JSON, pictures, TensorBoard events, summary.csv, timeline.json
     (the layout of :mod:`gan_monitor.report.store`) and run.json (:mod:`gan_monitor.report.run_record`:
@@ -176,7 +180,8 @@ def dissect_checkpoints(checkpoints: Sequence[Path], layers: Sequence[str], out:
 
     ``comm``: a ``gan_monitor.core.distributed`` communicator; every rank dissects its share of
     the held-out samples and rank 0 writes the outputs (the same as one process)."""
-    options = DissectionOptions(threshold=threshold, iou=iou, cutoff=cutoff, topk=images, batch_size=batch_size)
+    options = DissectionOptions(threshold=threshold, iou=iou, cutoff=cutoff, topk=images, batch_size=batch_size,
+                                memory_budget=memory_budget, allow_nondeterministic=allow_nondeterministic)
     comm = comm if comm is not None else SingleProcess()
     lead = comm.rank == 0
 
@@ -242,7 +247,8 @@ def dissect_checkpoints(checkpoints: Sequence[Path], layers: Sequence[str], out:
             result = dissect(item.generator, list(layers), seg, n=n, seed=seed, input_fn=draw,
                              threshold=options.threshold, iou=options.iou, cutoff=options.cutoff,
                              batch_size=options.batch_size, device=device, topk=options.topk, progress=progress,
-                             distributed=comm)
+                             distributed=comm, memory_budget=options.memory_budget,
+                             allow_nondeterministic=options.allow_nondeterministic)
         except (KeyError, ValueError, TypeError, RankFailure) as err:
             raise CommandError(f"{item.path}: {str(err).strip()}") from err
         result.settings["checkpoint"] = str(item.path)
@@ -322,7 +328,8 @@ def _rerun_command(args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace) -> int:
     checked("--n", positive_int, args.n)
     options = dissection_options(threshold=args.threshold, iou=args.iou, cutoff=args.cutoff, topk=args.images,
-                                 batch_size=args.batch_size)
+                                 batch_size=args.batch_size, allow_nondeterministic=args.allow_nondeterministic,
+                                 memory_budget=None if args.memory_budget is None else memory_size(args.memory_budget))
     layers = [s.strip() for s in args.layers.split(",") if s.strip()]
     if not layers:
         raise UsageError("--layers needs at least one layer name, e.g. --layers layer2,layer3.")
@@ -333,6 +340,7 @@ def run(args: argparse.Namespace) -> int:
                     cutoff=options.cutoff, segmenter=args.segmenter, batch_size=options.batch_size,
                     images=options.topk, trust=args.trust_checkpoint, progress=not args.no_progress,
                     real_stats=args.real_stats, input_fn=args.input_fn, overwrite=args.overwrite,
+                    memory_budget=options.memory_budget, allow_nondeterministic=options.allow_nondeterministic,
                     command=_rerun_command(args))
     try:
         checked_device("--device", args.device)

@@ -20,12 +20,17 @@ from gan_monitor.core.errors import CheckpointError, CommandError, UsageError
 from gan_monitor.dissection.options import IOU_VARIANTS, DissectionOptions
 from gan_monitor.dissection.thresholds.modes import THRESHOLD_MODES
 
-__all__ = ["FLAGS", "add_threshold_argument", "add_iou_argument", "add_generator_arguments", "load_input_fn",
-           "dissection_options", "checked"]
+__all__ = ["FLAGS", "add_threshold_argument", "add_iou_argument", "add_generator_arguments", "add_memory_arguments",
+           "load_input_fn", "dissection_options", "checked", "memory_size"]
 
 #: ``DissectionOptions`` field -> the command-line flag that sets it.
 FLAGS: dict[str, str] = {"threshold": "--threshold", "iou": "--iou", "cutoff": "--cutoff", "topk": "--images",
-                         "batch_size": "--batch-size"}
+                         "batch_size": "--batch-size", "memory_budget": "--memory-budget",
+                         "allow_nondeterministic": "--allow-nondeterministic"}
+
+_SIZE_UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "KIB": 1 << 10, "M": 1 << 20, "MB": 1 << 20,
+               "MIB": 1 << 20, "G": 1 << 30, "GB": 1 << 30, "GIB": 1 << 30, "T": 1 << 40, "TB": 1 << 40,
+               "TIB": 1 << 40}
 
 
 def add_generator_arguments(p: argparse.ArgumentParser) -> None:
@@ -69,6 +74,36 @@ def add_iou_argument(p: argparse.ArgumentParser, default: str = "plain") -> None
     p.add_argument("--iou", choices=IOU_VARIANTS, default=default,
                    help=f"IoU variant: plain, or category (union only over images showing the concept's "
                         f"category, as the 2019 code) (default {default})")
+
+
+def memory_size(text: str) -> int:
+    """``--memory-budget`` values: bytes, or a number with a binary unit (K, M, G, T; KB/KiB alike).
+
+    >>> memory_size("512M"), memory_size("1.5G"), memory_size("4096")
+    (536870912, 1610612736, 4096)
+    """
+    raw = str(text).strip().upper().replace(" ", "")
+    number = raw.rstrip("KMGTIB")
+    unit = raw[len(number):]
+    try:
+        value = float(number) * _SIZE_UNITS[unit]
+    except (ValueError, KeyError):
+        raise UsageError(f"--memory-budget {text!r}: not a size; write bytes or a number with K, M, G or T, "
+                         "e.g. --memory-budget 2G.") from None
+    if not value >= 1 or value != value:
+        raise UsageError(f"--memory-budget {text!r} must be at least one byte, e.g. --memory-budget 2G.")
+    return int(value)
+
+
+def add_memory_arguments(p: argparse.ArgumentParser) -> None:
+    """``--memory-budget`` and ``--allow-nondeterministic`` (``DissectionOptions``)."""
+    p.add_argument("--memory-budget", default=None, metavar="SIZE",
+                   help="memory a dissection may spend caching a held-out sample, e.g. 2G or 512M (default: a quarter "
+                        "of the host's or the GPU's memory, at most 1G); above it the sample is generated again "
+                        "instead of cached: the same results, memory independent of --n")
+    p.add_argument("--allow-nondeterministic", action="store_true",
+                   help="warn instead of failing when the generator gives different images for the same inputs "
+                        "(the largest difference is recorded in the results)")
 
 
 def _flag_message(err: Exception, flags: Mapping[str, str]) -> str:

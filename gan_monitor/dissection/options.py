@@ -42,10 +42,11 @@ class DissectionOptions:
         allow_nondeterministic: a dissection first runs the first held-out inputs twice
             (``gan_monitor.core.determinism``) and refuses a generator whose images differ
             (e.g. StyleGAN noise drawn fresh at every call); True warns instead and goes on.
-        memory_budget: bytes quantile mode may spend caching the held-out featuremaps
+        memory_budget: bytes a dissection may spend caching a held-out sample's featuremaps
             (``None``: ``thresholds.streaming.default_memory_budget``, a quarter of the
             host's or the CUDA device's total memory, at most 1 GiB). Above it, an exact streaming path
-            regenerates the held-out inputs instead (same results, memory independent of n).
+            regenerates the held-out inputs instead (same results, memory independent of n; quantile
+            mode and iqr mode's level sample alike).
     """
 
     threshold: Quantile | IQR | str = "quantile"

@@ -24,7 +24,8 @@ requested layers together (one ``Trace``, one segmentation; ``runner.BatchRunner
   separate held-out sample (seed + ``IQR_SEED_OFFSET``, or ``IQR(inputs=...)``) is cached
   the same way and picks each unit's level and label by IQR; the main sample is then
   tallied in one streaming pass with ``tally.LayerTally`` (no cache). Memory: the iqr
-  cache plus ``O(U * C * levels)`` counts.
+  cache plus ``O(U * C * levels)`` counts; above ``memory_budget`` the iqr sample is
+  generated twice instead of cached (``settings["iqr_path"]``), memory independent of n.
 
 The generator (and the segmenter, if it is an ``nn.Module``) runs in eval mode
 under ``torch.no_grad()``; every submodule's training flag is restored afterwards
@@ -135,11 +136,13 @@ def dissect(generator: nn.Module, layers: str | Iterable[str], segmenter, *, inp
             ``settings["excluded_units"]`` (how many, per layer) and ``extras["excluded"]``.
         image_range: ``(low, high)`` of the generator's images (default ``(-1, 1)``); see
             :class:`~gan_monitor.dissection.options.DissectionOptions`.
-        memory_budget: bytes quantile mode may cache (default: a quarter of the host's, or the
-            CUDA device's, total memory, at most 1 GiB; ``settings["memory_budget"]``); a dissection whose
-            cache would exceed it takes an exact streaming path instead: the same results, memory
-            independent of ``n``, the held-out inputs regenerated (generator 4 times, segmenter
-            twice; ``settings["quantile_path"]`` says which; ``thresholds.streaming``).
+        memory_budget: bytes a dissection may spend caching a held-out sample (default: a quarter of
+            the host's, or the CUDA device's, total memory, at most 1 GiB; ``settings["memory_budget"]``).
+            Quantile mode: a dissection whose cache would exceed it takes an exact streaming path
+            instead: the same results, memory independent of ``n``, the held-out inputs regenerated
+            (generator 4 times, segmenter twice; ``settings["quantile_path"]`` says which;
+            ``thresholds.streaming``). Iqr mode: the iqr sample is generated and segmented twice
+            instead of cached (``settings["iqr_path"]``), the same results.
         allow_nondeterministic: before measuring, the first few held-out inputs are run twice
             (``gan_monitor.core.determinism.check_deterministic``; cost: two forward passes of 4
             samples); a generator giving different images raises ``NondeterministicGeneratorError``
@@ -214,8 +217,8 @@ def dissect(generator: nn.Module, layers: str | Iterable[str], segmenter, *, inp
             generator, inputs, device=device, allow=options.allow_nondeterministic, what="dissection"))
         if difference > 0 and options.allow_nondeterministic:
             settings["nondeterministic"] = difference
+        settings["memory_budget"] = budget = agreed_budget(options.memory_budget, device, comm)
         if isinstance(mode, Quantile):
-            settings["memory_budget"] = budget = agreed_budget(options.memory_budget, device, comm)
             thresholds, tallies, samples = quantile_pass(runner, inputs, layers, mode.q, topk, seed, settings,
                                                          memory_budget=budget)
         else:
@@ -224,7 +227,7 @@ def dissect(generator: nn.Module, layers: str | Iterable[str], segmenter, *, inp
             iqr_inputs = _agreed_inputs(comm, generator, mode.inputs, lambda: make_inputs(
                 generator, mode.n or n, seed + IQR_SEED_OFFSET, input_fn), "iqr-mode inputs")
             thresholds, tallies, samples, labels = iqr_pass(runner, inputs, iqr_inputs, layers, mode, iou, topk,
-                                                            seed, settings, extras)
+                                                            seed, settings, extras, memory_budget=budget)
         sum_states(list(tallies.values()) + [counter], comm)
         merge_top_samples(samples, comm)
     settings["segmentation_size"] = list(runner.size)

@@ -10,6 +10,7 @@ featuremaps ``{layer: [B, U, h, w]}`` and ``labels`` the checked segmentation
 """
 from __future__ import annotations
 
+import time
 import warnings
 from typing import Any, Callable, Iterable
 
@@ -17,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from gan_monitor.core.inputs import call_generator, call_generator_first, index_inputs, iterate_batches, num_samples
+from gan_monitor.core.memory import release_freed_memory
 from gan_monitor.core.tracing import Trace
 from gan_monitor.segmenters.base import validate_segmentation
 
@@ -62,6 +64,7 @@ class BatchRunner:
         self.size: tuple[int, int] | None = None
         self.units: dict[str, int] | None = None
         self.ids: torch.Tensor | None = None  # global sample index of each local sample
+        self.release_memory, self._released = False, 0.0  # set by the streaming paths (_release)
         self.observer = None  # e.g. concept_counts.SampleCounter: reset() per pass, update(images, labels) per batch
 
     def shard(self, inputs) -> tuple[Any, torch.Tensor]:
@@ -73,13 +76,16 @@ class BatchRunner:
         """Global sample indices of the ``b`` shard samples from ``start``."""
         return self.ids[start:start + b].to(device)
 
-    def batches(self, inputs, desc: str) -> Iterable[tuple[int, dict[str, torch.Tensor], torch.Tensor]]:
-        """Batches of this rank's shard of ``inputs`` (``start``: index in the shard)."""
+    def batches(self, inputs, desc: str, observe: bool = True) -> Iterable[tuple[int, dict[str, torch.Tensor],
+                                                                                  torch.Tensor]]:
+        """Batches of this rank's shard of ``inputs`` (``start``: index in the shard).
+        ``observe=False``: the ``observer`` skips this pass (e.g. iqr mode's level sample)."""
         inputs, self.ids = self.shard(inputs)
         n = num_samples(inputs)
         bar = tqdm(total=n, desc=desc, disable=not self.progress or self.comm.rank > 0, leave=False)
-        if self.observer is not None:
-            self.observer.reset()  # the last pass of a dissection is its main sample
+        observer = self.observer if observe else None
+        if observer is not None:
+            observer.reset()  # the last observed pass of a dissection is its main sample
         for start, batch in iterate_batches(inputs, self.batch_size, self.device):
             with Trace(self.generator, self.layers, require_featuremap=True) as trace:
                 call = call_generator_first if self.size is None else call_generator  # first: hint at input_fn=
@@ -91,10 +97,12 @@ class BatchRunner:
             seg = validate_segmentation(self.segmenter.segment(images), b, self.n_concepts)
             seg = seg.to(next(iter(acts.values())).device)
             self._check(start, acts, seg)
-            if self.observer is not None:
-                self.observer.update(images, seg)
+            if observer is not None:
+                observer.update(images, seg)
             bar.update(b)
             yield start, acts, seg
+            del acts, seg, images
+            self._release()
         bar.close()
 
     def featuremaps(self, inputs, desc: str) -> Iterable[tuple[int, dict[str, torch.Tensor]]]:
@@ -109,7 +117,17 @@ class BatchRunner:
             acts = {name: trace[name] for name in self.layers}
             bar.update(next(iter(acts.values())).shape[0])
             yield start, acts
+            del acts
+            self._release()
         bar.close()
+
+    def _release(self) -> None:
+        """Streaming passes (``release_memory`` set): hand freed heap pages back to the system
+        at most once a second (``core.memory``; a call costs up to ~10 ms), so that memory
+        does not creep up over thousands of batches."""
+        if self.release_memory and time.monotonic() - self._released >= 1.0:
+            release_freed_memory()
+            self._released = time.monotonic()
 
     def _check_activations(self, start: int, acts: dict[str, torch.Tensor]) -> None:
         for name, a in acts.items():

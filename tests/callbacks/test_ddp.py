@@ -99,9 +99,9 @@ def _config(threshold: str):
     torch.manual_seed(0)
     generator = PlantedGenerator({"planted": 10, "sky": 2, "noise": 8, "sparse": 3, "dead": 1})
     segmenter = PlantedSegmenter(multilabel=True)
-    mode = IQR(n=29, subsample=4096) if threshold == "iqr" else Quantile()
+    mode = IQR(n=29, subsample=4096) if threshold.startswith("iqr") else Quantile()
     kwargs = dict(n=37, seed=5, threshold=mode, batch_size=8, topk=3)
-    if threshold == "streaming":  # quantile mode, budget forced low: regenerates instead of caching
+    if threshold.endswith("streaming"):  # budget forced low: regenerates instead of caching
         kwargs["memory_budget"] = 1
     return generator, segmenter, FailingSegmenter(multilabel=True), kwargs
 
@@ -142,7 +142,7 @@ def _dissect_worker(rank, world, port, out):
                             timeout=datetime.timedelta(seconds=60))
     try:
         comm = distributed.TorchDistributed()
-        for threshold in ("quantile", "iqr", "streaming"):
+        for threshold in ("quantile", "iqr", "streaming", "iqr-streaming"):
             generator, segmenter, _, kwargs = _config(threshold)
             result = dissect(generator, ["features"], segmenter, distributed=comm, **kwargs)
             torch.save({"result": result}, Path(out) / f"{threshold}{rank}.pt")
@@ -179,19 +179,21 @@ def two_ranks(tmp_path_factory):
 
 
 @slow
-@pytest.mark.parametrize("threshold", ["quantile", "iqr", "streaming"])
+@pytest.mark.parametrize("threshold", ["quantile", "iqr", "streaming", "iqr-streaming"])
 def test_two_processes_equal_one(two_ranks, threshold):
     generator, segmenter, _, kwargs = _config(threshold)
     single = dissect(generator, ["features"], segmenter, **kwargs)
     for rank in range(2):
         got = torch.load(two_ranks / f"{threshold}{rank}.pt", weights_only=False)["result"]
         assert_same_result(got, single)
-    if threshold == "streaming":  # and equal to the cached path
-        assert single.settings["quantile_path"] == "streaming"
+    if threshold.endswith("streaming"):  # and equal to the cached path
+        path = "iqr_path" if threshold.startswith("iqr") else "quantile_path"
+        assert single.settings[path] == "streaming"
         cached = dissect(generator, ["features"], segmenter, **{k: v for k, v in kwargs.items() if k != "memory_budget"})
-        assert cached.settings["quantile_path"] == "cached"
+        assert cached.settings[path] == "cached"
         for field in FIELDS:
             assert torch.equal(getattr(cached["features"], field), getattr(single["features"], field)), field
+        assert cached["features"].extras == single["features"].extras
     ld = single["features"]
     assert int(ld.interpretable.sum()) >= 5  # the planted units are found: the comparison is not vacuous
     assert len(set(ld.topk.flatten().tolist())) > 3
@@ -216,8 +218,7 @@ def test_bytes_communicated_follow_the_readme_formula(two_ranks):
         + 256 * units * levels  # candidate levels by bisection
         + 8 * (units * per_unit * (levels + 1) + n_layers * per_unit),  # unit x concept x level counts
     }
-    if buffers:
-        expected["broadcast"] = buffers
+    expected["broadcast"] = buffers + 8  # rank 0's buffers and its memory budget (every rank takes one path)
     for rank in range(2):
         assert torch.load(two_ranks / f"bytes{rank}.pt") == expected
 

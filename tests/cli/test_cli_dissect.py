@@ -153,6 +153,8 @@ def test_plain_state_dict_with_generator_factory(ckpts, tmp_path):
     (["--devices", "0"], "--devices must be a positive integer, got 0."),
     (["--timeout", "0"], "--timeout must be a finite number > 0, got 0.0."),
     (["--layers", ","], "--layers needs at least one layer name"),
+    (["--memory-budget", "lots"], "--memory-budget 'lots': not a size"),
+    (["--memory-budget", "0.5"], "--memory-budget '0.5' must be at least one byte"),
 ])
 def test_bad_values_name_their_flag_and_exit_2(extra, message, tmp_path, capsys):
     argv = ["dissect", str(tmp_path / "never_read.ckpt"), "--layers", "layer3", "--out", str(tmp_path / "o")]
@@ -173,3 +175,26 @@ def test_threshold_and_iou_choices_come_from_the_library(capsys):
     with pytest.raises(SystemExit):
         main(["dissect", "x.ckpt", "--layers", "layer3", "--out", "o", "--threshold", "nope"])
     assert f"choose from {', '.join(repr(v) for v in THRESHOLD_MODES)}" in capsys.readouterr().err
+
+
+def test_memory_budget_flag_takes_the_streaming_path_with_the_same_numbers(ckpts, timeline, tmp_path):
+    from gan_monitor.dissection.results import DissectionResult
+
+    out = tmp_path / "low"
+    assert main(["dissect", str(ckpts / "late.ckpt"), "--layers", "layer2,layer3", "--out", str(out), "--n", str(N),
+                 "--seed", "3", "--memory-budget", "1K", "--allow-nondeterministic", "--no-progress"]) == 0
+    low = DissectionResult.from_json(out / "late" / "dissection.json")
+    cached = DissectionResult.from_json(timeline / "late" / "dissection.json")
+    assert low.settings["quantile_path"] == "streaming" and low.settings["memory_budget"] == 1024
+    assert cached.settings["quantile_path"] == "cached"
+    for layer in ("layer2", "layer3"):
+        assert torch.equal(low[layer].iou, cached[layer].iou) and low[layer].labels == cached[layer].labels
+        assert torch.equal(low[layer].thresholds, cached[layer].thresholds)
+
+
+@pytest.mark.parametrize("text, size", [("4096", 4096), ("1K", 1024), ("512m", 512 << 20), ("1.5GiB", 3 << 29),
+                                        ("2 GB", 2 << 30)])
+def test_memory_sizes(text, size):
+    from gan_monitor.cli.options import memory_size
+
+    assert memory_size(text) == size

@@ -174,3 +174,98 @@ def test_streaming_refuses_a_generator_that_changes_between_passes():
     with pytest.raises(NondeterministicGeneratorError, match="differ between two passes"):
         dissect(_Drifting(), "features", Segmenter(), inputs=torch.randn(10), memory_budget=1,
                 allow_nondeterministic=True)
+
+
+def assert_same_iqr(cached, streamed):
+    assert cached.settings["iqr_path"] == "cached" and streamed.settings["iqr_path"] == "streaming"
+    for name, a in cached.layers.items():
+        b = streamed.layers[name]
+        for field in ("thresholds", "iou", "label_index", "unit_iou", "interpretable", "topk", "topk_values"):
+            assert torch.equal(getattr(a, field), getattr(b, field)), (name, field)
+        assert a.extras == b.extras  # best IQR and chosen level of every unit
+    assert cached.sample_stats == streamed.sample_stats
+    assert {k: v for k, v in cached.settings.items() if k not in ("iqr_path", "memory_budget")} == \
+        {k: v for k, v in streamed.settings.items() if k not in ("iqr_path", "memory_budget")}
+
+
+@pytest.mark.parametrize("iou", ["plain", "category"])
+def test_iqr_streaming_equals_cached_on_the_toy_gan(iou):
+    from gan_monitor.dissection.thresholds.modes import IQR
+    from gan_monitor.toyworld.gan import ToyGenerator
+    from gan_monitor.toyworld.segmenter import load_segmenter
+
+    torch.manual_seed(0)
+    generator, segmenter = ToyGenerator().eval(), load_segmenter()
+    # batches of 8 images of 64x64: the streaming count flushes every 256 images, so n=300 takes two chunks
+    kwargs = dict(n=40, seed=3, threshold=IQR(n=300), iou=iou, batch_size=8)
+    cached = dissect(generator, ["layer2", "layer3"], segmenter, **kwargs)
+    streamed = dissect(generator, ["layer2", "layer3"], segmenter, memory_budget=1, **kwargs)
+    assert_same_iqr(cached, streamed)
+    assert streamed.settings["memory_budget"] == 1
+
+
+def test_iqr_streaming_equals_cached_on_the_planted_world():
+    from gan_monitor.dissection.thresholds.modes import IQR
+
+    generator = PlantedGenerator(noise=0.35)
+    kwargs = dict(n=60, seed=1, batch_size=50, threshold=IQR(n=150), iou="category")
+    cached = dissect(generator, "features", PlantedSegmenter(multilabel=True), **kwargs)
+    streamed = dissect(generator, "features", PlantedSegmenter(multilabel=True), memory_budget=1000, **kwargs)
+    assert_same_iqr(cached, streamed)
+    assert int(cached["features"].interpretable.sum()) > 10  # planted units found: a meaningful comparison
+
+
+def test_iqr_budget_around_the_estimate_decides_the_path():
+    from gan_monitor.core.tracing import Trace
+    from gan_monitor.dissection.thresholds.iqr_selection import iqr_cache_bytes
+    from gan_monitor.dissection.thresholds.modes import IQR
+    from gan_monitor.toyworld.gan import ToyGenerator
+    from gan_monitor.toyworld.segmenter import load_segmenter
+
+    torch.manual_seed(0)
+    generator, segmenter = ToyGenerator().eval(), load_segmenter()
+    z, z_iqr = generator.sample_latents(4, seed=0), generator.sample_latents(6, seed=1)
+    with torch.no_grad(), Trace(generator, ["layer3"]) as trace:
+        seg = segmenter.segment(generator(z_iqr[:1]))
+    need = iqr_cache_bytes(6, {"layer3": trace["layer3"]}, seg if seg.dim() == 4 else seg[:, None])
+    assert need > 6 * 64 * 16 * 16 * 4  # at least the featuremap cache
+    kwargs = dict(inputs=z, threshold=IQR(inputs=z_iqr))
+    above = dissect(generator, "layer3", segmenter, memory_budget=need + 1, **kwargs)
+    below = dissect(generator, "layer3", segmenter, memory_budget=need - 1, **kwargs)
+    assert above.settings["iqr_path"] == "cached" and below.settings["iqr_path"] == "streaming"
+
+
+@pytest.mark.filterwarnings("ignore:gan_monitor.*different images")
+def test_iqr_streaming_refuses_a_generator_that_changes_between_passes():
+    from gan_monitor.dissection.thresholds.modes import IQR
+
+    class Segmenter:
+        concepts = ["-", "a", "b"]
+        categories = ["-", "object", "object"]
+
+        def segment(self, images):
+            return (images[:, 0] > 0).long() + 1
+
+    with pytest.raises(NondeterministicGeneratorError, match="iqr mode's streaming level count"):
+        dissect(_Drifting(), "features", Segmenter(), inputs=torch.randn(10), memory_budget=1,
+                threshold=IQR(inputs=torch.randn(12)), allow_nondeterministic=True)
+
+
+@pytest.mark.parametrize("threshold", ["quantile", "iqr"])
+def test_streaming_passes_hand_freed_memory_back_and_cached_passes_do_not(threshold, monkeypatch):
+    import gan_monitor.dissection.runner as runner_module
+    from gan_monitor.core.memory import release_freed_memory
+
+    calls = []
+    monkeypatch.setattr(runner_module, "release_freed_memory", lambda: calls.append(1) or True)
+    generator = PlantedGenerator(noise=0.35)
+    kwargs = dict(n=40, seed=1, batch_size=10, threshold=threshold)
+    dissect(generator, "features", PlantedSegmenter(), **kwargs)
+    assert calls == []  # everything cached: nothing to trim
+    dissect(generator, "features", PlantedSegmenter(), memory_budget=1000, **kwargs)
+    assert 1 <= len(calls) <= 12  # streamed: at most once a second, at least once
+    import platform
+    import sys
+
+    glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert release_freed_memory() is glibc  # glibc: malloc_trim asked; elsewhere a no-op

@@ -38,8 +38,8 @@ from gan_monitor.dissection.thresholds.top_values import quantile_rank
 from gan_monitor.dissection.top_samples import TopSamples
 from gan_monitor.dissection.upsample import upsample
 
-__all__ = ["RadixSelect", "streaming_quantile_pass", "cached_bytes", "default_memory_budget", "agreed_budget", "DIGITS",
-           "STREAM_CHUNK", "BUDGET_FRACTION", "BUDGET_CAP"]
+__all__ = ["RadixSelect", "streaming_quantile_pass", "cached_bytes", "default_memory_budget", "agreed_budget",
+           "activation_checksum", "check_same_activations", "DIGITS", "STREAM_CHUNK", "BUDGET_FRACTION", "BUDGET_CAP"]
 
 _LOW_BITS = 0x7FFFFFFF
 #: Bits of the 32-bit key resolved per pass, most significant first.
@@ -192,8 +192,21 @@ def _feed(select: RadixSelect, acts: torch.Tensor, size: tuple[int, int]) -> Non
         select.update(upsample(acts[lo:hi].float(), size).flatten(2))
 
 
-def _checksum(acts: dict[str, torch.Tensor]) -> torch.Tensor:
+def activation_checksum(acts: dict[str, torch.Tensor]) -> torch.Tensor:
+    """One float64 sum per traced layer of a batch: compared between passes over the same inputs."""
     return torch.stack([a.double().sum() for a in acts.values()])
+
+
+def check_same_activations(expected: torch.Tensor, acts: dict[str, torch.Tensor], batch: int, what: str,
+                           budget) -> None:
+    """Raise ``NondeterministicGeneratorError`` unless batch ``batch``'s featuremaps ``acts`` have
+    the checksum ``expected`` they had in the first pass (``what``: the path that needs it)."""
+    if not torch.equal(activation_checksum(acts), expected):
+        raise NondeterministicGeneratorError(
+            "the generator's activations differ between two passes over the same held-out inputs "
+            f"(batch {batch}); {what} (taken because caching the sample would exceed memory_budget={budget} "
+            "bytes) needs a deterministic generator (fixed noise inputs, no dropout). Make it deterministic, or "
+            "raise memory_budget to use the cached path.")
 
 
 def streaming_quantile_pass(runner, inputs, layers, quantile, topk, settings):
@@ -201,6 +214,7 @@ def streaming_quantile_pass(runner, inputs, layers, quantile, topk, settings):
     caching: four passes over the regenerated held-out inputs (module docstring).
     ``settings`` gains ``quantile_rank``."""
     n, comm = num_samples(inputs), runner.comm
+    runner.release_memory = True  # thousands of batches: keep the heap from fragmenting upwards
     categories = list(runner.segmenter.categories)
     samples: dict[str, TopSamples] = {}
     selects: dict[str, RadixSelect] = {}
@@ -213,19 +227,14 @@ def streaming_quantile_pass(runner, inputs, layers, quantile, topk, settings):
             if rank is None:
                 rank = quantile_rank(quantile, n * runner.size[0] * runner.size[1]) + 1
             ids = runner.global_ids(start, seg.shape[0], seg.device)
-            sums.append(_checksum(acts))
+            sums.append(activation_checksum(acts))
             for name, a in acts.items():
                 samples.setdefault(name, TopSamples(a.shape[1], topk, device=a.device)).update(a, start, ids)
                 select = selects.setdefault(name, RadixSelect(a.shape[1], rank, device=a.device))
                 _feed(select, a, runner.size)
 
     def check(i, acts):
-        if not torch.equal(_checksum(acts), sums[i]):
-            raise NondeterministicGeneratorError(
-                "the generator's activations differ between two passes over the same held-out inputs "
-                f"(batch {i}); the streaming quantile search (taken because the cached path would exceed "
-                f"memory_budget={settings.get('memory_budget')} bytes) needs a deterministic generator (fixed "
-                "noise inputs, no dropout). Make it deterministic, or raise memory_budget to use the cached path.")
+        check_same_activations(sums[i], acts, i, "the streaming quantile search", settings.get("memory_budget"))
 
     def refine_pass():
         for i, (start, acts) in enumerate(runner.featuremaps(inputs, "dissect: stream")):
