@@ -328,3 +328,33 @@ def test_collect_kth_and_above_are_exact_on_every_path(shape, size, dense, monke
 def test_upsample_docstring_example_runs():
     result = doctest.testmod(upsample_module)
     assert result.attempted >= 2 and result.failed == 0
+
+
+@pytest.mark.parametrize("word", [1, 4, 8])
+def test_words_above_and_greater_match_a_brute_force(word):
+    from gan_monitor.dissection.thresholds.level_counts import greater, words_above
+
+    g = torch.Generator().manual_seed(word)
+    up = torch.randn(64 * word, generator=g)
+    lowest = float(up[5])
+    up[::7] = lowest  # ties: equal is not above
+    up[3] = -0.0
+    expected = [i for i in range(up.numel() // word) if bool((up[i * word:(i + 1) * word] > lowest).any())]
+    assert words_above(up, lowest, word).tolist() == expected
+    other = torch.randn(up.numel(), generator=g)
+    other[::5] = up[::5]
+    assert torch.equal(greater(up, other), torch.tensor([a > b for a, b in zip(up.tolist(), other.tolist())]))
+    assert torch.equal(greater(up, lowest), torch.tensor([a > lowest for a in up.tolist()]))
+
+
+@pytest.mark.parametrize("size, ranks", [(50, [0, 3, 3, 49]), (1000, [0, 10, 200, 999]), (7, [6])])
+def test_largest_at_reads_order_statistics_like_a_full_sort(size, ranks):
+    from gan_monitor.dissection.thresholds.iqr import largest_at
+
+    g = torch.Generator().manual_seed(size)
+    values = torch.round(torch.randn(6, size, generator=g) * 3) / 3  # heavy ties
+    values[0] = 0.0
+    index = torch.tensor(ranks)
+    expected = values.sort(dim=1, descending=True).values[:, index]
+    assert torch.equal(largest_at(values, index), expected)
+    assert torch.equal(largest_at(values.double(), index), expected.double())  # the torch.topk path

@@ -50,8 +50,9 @@ def iqr_pass(runner, inputs, iqr_inputs, layers, mode: IQR, iou: str, topk: int,
 
     ``settings`` gains ``iqr_n``, ``iqr_levels``, ``iqr_fraction_range``, ``iqr_min_lift``,
     ``iqr_subsample`` and ``iqr_path`` (``candidate_levels``; ``memory_budget`` decides the
-    path); ``extras[layer]`` gains ``iqr`` (each unit's best IQR) and ``level_fraction`` (the top fraction of its chosen level). Returns ``(thresholds,
-    tallies, samples, labels)`` by layer; ``labels[layer]`` is each unit's best-IQR
+    path); ``extras[layer]`` gains ``iqr`` (each unit's best IQR) and ``level_fraction``
+    (the top fraction of its chosen level). Returns ``(thresholds, tallies, samples,
+    labels)`` by layer; ``labels[layer]`` is each unit's best-IQR
     concept, or -1 where no concept is positively associated (``dissect`` then takes
     the best-IoU concept at the fallback level).
     """
