@@ -140,8 +140,10 @@ def test_report_and_compare_refuse_a_mixed_folder(ckpts, tmp_path, capsys):
 
 
 _INTERRUPTIBLE = textwrap.dedent("""
-    import sys, time
+    import signal, sys, time
     from pathlib import Path
+    # a launcher without job control (e.g. `cmd &` in a script) starts us with SIGINT ignored: Ctrl-C must work here
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     import gan_monitor.cli.dissect as d
     from gan_monitor.cli.main import main
     marker, where = Path(sys.argv[1]), sys.argv[2]
