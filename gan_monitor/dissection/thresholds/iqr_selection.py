@@ -38,7 +38,7 @@ from gan_monitor.dissection.thresholds.level_counts import CHUNK_PIXELS
 from gan_monitor.dissection.thresholds.modes import IQR
 from gan_monitor.dissection.thresholds.quantile import interpolate_at
 from gan_monitor.dissection.thresholds.sparse_tally import tally_above
-from gan_monitor.dissection.thresholds.streaming import activation_checksum, check_same_activations
+from gan_monitor.dissection.thresholds.streaming import activation_checksum, check_same_activations, sample_bytes
 from gan_monitor.dissection.top_samples import TopSamples
 
 __all__ = ["iqr_pass", "candidate_levels", "iqr_cache_bytes", "pick_levels", "replay_cache"]
@@ -102,8 +102,7 @@ def iqr_cache_bytes(n_local: int, acts: dict[str, torch.Tensor], seg: torch.Tens
     """Estimated bytes of caching ``n_local`` iqr-sample images (featuremaps and uint8 label maps)
     from a first batch ``acts`` (``{layer: [B, U, h, w]}``) and its segmentation ``seg``, plus
     the counting's temporaries (a few arrays of ``CHUNK_PIXELS`` values)."""
-    per_sample = sum(a[0].numel() * a.element_size() for a in acts.values()) + seg[0].numel()
-    return int(n_local * per_sample + 32 * CHUNK_PIXELS)
+    return int(n_local * sample_bytes(acts, seg, label_copies=1) + 32 * CHUNK_PIXELS)
 
 
 def candidate_levels(runner, inputs, layers, seed, n_levels, max_fraction, subsample, settings, memory_budget=None):
@@ -164,22 +163,25 @@ def _stream_levels(runner, inputs, levels, sums, budget) -> dict[str, LevelTally
     ``CHUNK_PIXELS`` pixels per unit at a time (checksums ``sums`` of the first pass checked)."""
     categories = list(runner.segmenter.categories)
     tallies = {name: LevelTally(value, categories).to(value.device) for name, value in levels.items()}
-    pending: list[tuple[dict[str, torch.Tensor], torch.Tensor]] = []
+    pending_acts: list[dict[str, torch.Tensor]] = []
+    pending_segs: list[torch.Tensor] = []
 
     def flush():
-        for name, tally in tallies.items():
-            tally.update(torch.cat([acts[name] for acts, _ in pending]), torch.cat([seg for _, seg in pending]).long())
-        pending.clear()
+        for name, tally in tallies.items():  # regroups the pending batches into one chunk
+            tally.update_cached([acts[name] for acts in pending_acts], pending_segs)
+        pending_acts.clear()
+        pending_segs.clear()
 
     pixels = 0
     for i, (start, acts, seg) in enumerate(runner.batches(inputs, "dissect: iqr levels", observe=False)):
         check_same_activations(sums[i], acts, i, "iqr mode's streaming level count", budget)
-        pending.append((acts, compact_labels(seg, runner.n_concepts)))
+        pending_acts.append(acts)
+        pending_segs.append(compact_labels(seg, runner.n_concepts))
         pixels += seg.shape[0] * seg.shape[-2] * seg.shape[-1]
         if pixels >= CHUNK_PIXELS:
             flush()
             pixels = 0
-    if pending:
+    if pending_segs:
         flush()
     return tallies
 

@@ -38,8 +38,9 @@ from gan_monitor.dissection.thresholds.top_values import quantile_rank
 from gan_monitor.dissection.top_samples import TopSamples
 from gan_monitor.dissection.upsample import upsample
 
-__all__ = ["RadixSelect", "streaming_quantile_pass", "cached_bytes", "default_memory_budget", "agreed_budget",
-           "activation_checksum", "check_same_activations", "DIGITS", "STREAM_CHUNK", "BUDGET_FRACTION", "BUDGET_CAP"]
+__all__ = ["RadixSelect", "streaming_quantile_pass", "cached_bytes", "sample_bytes", "default_memory_budget",
+           "agreed_budget", "activation_checksum", "check_same_activations", "DIGITS", "STREAM_CHUNK",
+           "BUDGET_FRACTION", "BUDGET_CAP"]
 
 _LOW_BITS = 0x7FFFFFFF
 #: Bits of the 32-bit key resolved per pass, most significant first.
@@ -90,6 +91,12 @@ def agreed_budget(budget: int | None, device, comm=None) -> int:
     return value
 
 
+def sample_bytes(acts: dict[str, torch.Tensor], seg: torch.Tensor, label_copies: int) -> int:
+    """Bytes one cached sample takes: its featuremaps (``acts``: a batch ``{layer: [B, U, h, w]}``)
+    and ``label_copies`` uint8 copies of its label maps (``seg`` ``[B, D, H, W]``)."""
+    return sum(a[0].numel() * a.element_size() for a in acts.values()) + label_copies * seg[0].numel()
+
+
 def cached_bytes(n_local: int, acts: dict[str, torch.Tensor], seg: torch.Tensor, quantile: float, n: int,
                  world_size: int = 1) -> int:
     """Estimated peak bytes of the cached quantile path on one rank of ``n_local`` samples
@@ -100,7 +107,7 @@ def cached_bytes(n_local: int, acts: dict[str, torch.Tensor], seg: torch.Tensor,
     ``KEPT_BYTES`` each: calibrated on the growth of the cached path's peak RSS with n on
     the toy GAN (bench/dissect.py (m): about 0.6 MB per image for 128x8x8 + 64x16x16
     featuremaps and 64x64 labels), which includes copies and temporaries."""
-    per_sample = sum(a[0].numel() * a.element_size() for a in acts.values()) + 2 * seg[0].numel()
+    per_sample = sample_bytes(acts, seg, label_copies=2)
     pixels = seg.shape[-2] * seg.shape[-1]
     rank = quantile_rank(quantile, n * pixels) + 1
     kept = max(a.shape[1] for a in acts.values()) * 1.4 * rank * KEPT_BYTES / world_size
