@@ -3,7 +3,8 @@
 (a) Toy GAN generator + toy segmenter forward time alone, vs the full dissection of
     the same inputs in quantile mode (goal <= 1.25x the forward time) and in iqr mode
     (a separate iqr sample of the same size, drawn as ``dissect`` does by default, so
-    the generator and segmenter run twice: the floor is 2x; goal <= 2.5x), as ratios.
+    the generator and segmenter run twice: the floor is 2x; goal <= 2.5x), as ratios; iqr
+    mode also with the compiled counting kernel switched off ("torch only"), when there is one.
 (b) Tally time per image for a 512-unit 8x8 layer upsampled to 128x128 with about
     16 labels per image out of 150 concepts (the 2019 reference code: ~2.2 s per
     image on this kind of CPU). Goal <= 0.11 s.
@@ -38,7 +39,9 @@ import time
 import torch
 
 from gan_monitor import dissect
+from gan_monitor.core import native
 from gan_monitor.dissection.tally import LayerTally
+from gan_monitor.dissection.thresholds import kernels
 from gan_monitor.dissection.thresholds.modes import IQR, IQR_SEED_OFFSET
 
 
@@ -73,12 +76,21 @@ def bench_ratio(n, batch_size, layers, repeat):
             for i in range(0, n, batch_size):
                 segmenter.segment(generator(z[i:i + batch_size]))
 
+    def iqr(compiled=True):
+        kernels.ENABLED = compiled
+        try:
+            return dissect(generator, layers, segmenter, inputs=z, batch_size=batch_size, threshold=IQR(inputs=z_iqr))
+        finally:
+            kernels.ENABLED = True
+
     runs = {
         "forward": forward_only,
         "quantile": lambda: dissect(generator, layers, segmenter, inputs=z, batch_size=batch_size),
-        "iqr": lambda: dissect(generator, layers, segmenter, inputs=z, batch_size=batch_size,
-                               threshold=IQR(inputs=z_iqr)),
+        "iqr": iqr,
+        "iqr, torch only": lambda: iqr(compiled=False),
     }
+    if kernels.count_levels() is None:
+        del runs["iqr, torch only"]
     for run in runs.values():  # warm up (one-time probes, allocator)
         run()
     best = {name: (math.inf, math.inf) for name in runs}
@@ -89,10 +101,13 @@ def bench_ratio(n, batch_size, layers, repeat):
         rounds.append({name: t[1] for name, t in times.items()})
     units = {name: tuple(s) for name, s in generator.featuremap_shapes().items() if name in layers}
     print(f"(a) toy GAN 64x64, layers {units}, n={n}, batch {batch_size}, {repeat} rounds")
+    print(f"    compiled counting kernel: {native.status(kernels.SOURCE)}")
     print(f"    generator + segmenter forward : {_fmt(best['forward'], n)}")
-    for mode, goal in (("quantile", 1.25), ("iqr", 2.5)):
+    for mode, goal in (("quantile", 1.25), ("iqr", 2.5), ("iqr, torch only", 2.5)):
+        if mode not in runs:
+            continue
         per_round = sorted(r[mode] / r["forward"] for r in rounds)
-        print(f"    dissect, {mode + ' mode':13s}      : {_fmt(best[mode], n)}")
+        print(f"    dissect, {mode + ' mode':21s}: {_fmt(best[mode], n)}")
         print(f"      ratio to forward (goal <= {goal}): best times wall {best[mode][0] / best['forward'][0]:.2f}, "
               f"cpu {best[mode][1] / best['forward'][1]:.2f}; cpu per round median "
               f"{statistics.median(per_round):.2f}, range {per_round[0]:.2f}-{per_round[-1]:.2f}")

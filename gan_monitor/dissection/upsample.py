@@ -11,7 +11,7 @@ from functools import lru_cache
 
 import torch
 
-__all__ = ["upsample", "interpolation_matrix"]
+__all__ = ["upsample", "upsample_rows", "interpolation_matrix"]
 
 
 @lru_cache(maxsize=64)
@@ -51,7 +51,12 @@ def upsample(featuremap: torch.Tensor, size) -> torch.Tensor:
     h, w = featuremap.shape[-2:]
     if (h, w) == (height, width):
         return featuremap
+    rows = upsample_rows(featuremap, width)
+    return torch.matmul(interpolation_matrix(h, height, rows.dtype, rows.device), rows)
+
+
+def upsample_rows(featuremap: torch.Tensor, width: int) -> torch.Tensor:
+    """The first of ``upsample``'s two matmuls: ``[..., h, w]`` interpolated along x to
+    ``[..., h, width]`` (the compiled kernels mix these rows into output lines themselves)."""
     x = featuremap if featuremap.dtype.is_floating_point else featuremap.float()
-    mx = interpolation_matrix(w, width, x.dtype, x.device)
-    my = interpolation_matrix(h, height, x.dtype, x.device)
-    return torch.matmul(my, torch.matmul(x, mx.T))
+    return torch.matmul(x, interpolation_matrix(x.shape[-1], width, x.dtype, x.device).T)

@@ -14,22 +14,39 @@ pixels (``fused_sum`` emulates the fused rounding exactly in float64).
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import torch
 
 from gan_monitor.dissection.upsample import interpolation_matrix, upsample
 
-__all__ = ["taps", "AxisBlocks", "neighbourhood_max", "interpolate", "pick_arithmetic", "PixelValues"]
+__all__ = ["taps", "AxisBlocks", "axis_blocks", "neighbourhood_max", "interpolate", "pick_arithmetic", "PixelValues"]
 
 
 def taps(n_in: int, n_out: int, device):
     """(low index, high index, weight of high) of 1-D interpolation for each output coordinate
-    (the same rule as ``upsample.interpolation_matrix``)."""
+    (the same rule as ``upsample.interpolation_matrix``). Cached per geometry and device:
+    do not modify the returned tensors."""
+    return _taps(int(n_in), int(n_out), str(torch.device(device)))
+
+
+@lru_cache(maxsize=64)
+def _taps(n_in: int, n_out: int, device: str):
     dst = torch.arange(int(n_out), dtype=torch.float64)
     src = ((dst + 0.5) * (n_in / n_out) - 0.5).clamp(0, n_in - 1)
     lo = src.floor().long()
     hi = (lo + 1).clamp(max=n_in - 1)
     return lo.to(device), hi.to(device), (src - lo).float().to(device)
+
+
+def axis_blocks(n_in: int, n_out: int, device) -> "AxisBlocks":
+    """``AxisBlocks(n_in, n_out, device)``, built once per geometry and device (read-only)."""
+    return _axis_blocks(int(n_in), int(n_out), str(torch.device(device)))
+
+
+@lru_cache(maxsize=64)
+def _axis_blocks(n_in: int, n_out: int, device: str) -> "AxisBlocks":
+    return AxisBlocks(n_in, n_out, device)
 
 
 class AxisBlocks:
@@ -182,8 +199,12 @@ def pick_arithmetic(shape: tuple[int, int], size: tuple[int, int], ys: AxisBlock
 
 
 def dense_weights(axis: AxisBlocks, n_out: int) -> torch.Tensor:
-    """``[n_out, 2]`` (low, high) tap weights of every output coordinate."""
+    """``[n_out, 2]`` (low, high) tap weights of every output coordinate (kept on ``axis``; read-only)."""
+    cached = getattr(axis, "_dense_weights", None)
+    if cached is not None and cached.shape[0] == n_out:
+        return cached
     weights = torch.zeros(n_out, 2, device=axis.weights.device)
     real = axis.index >= 0
     weights[axis.index[real]] = axis.weights[real]
+    axis._dense_weights = weights
     return weights

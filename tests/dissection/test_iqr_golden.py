@@ -7,7 +7,9 @@ and top samples, in iqr and quantile mode, for
 * ``toy``: a seeded, randomly initialised toy GAN generator with the shipped toy
   segmenter, layers layer2 (128 units 8x8) and layer3 (64 units 16x16), 64x64 labels;
 * ``planted``: the planted world of ``tests/planted_world.py`` (one label map), and
-  ``planted_multi``: its three label maps with the ``category`` IoU.
+  ``planted_multi``: its three label maps with the ``category`` IoU;
+
+with the compiled counting kernels (``dissection.thresholds.kernels``) and without them.
 
 Regenerate (only when a change of results is intended and explained) from a checkout
 of the reference code::
@@ -21,6 +23,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import pytest
 import torch
 
 GOLDEN = Path(__file__).parent / "data" / "dissect_golden.pt"
@@ -85,7 +88,14 @@ def compute_results() -> dict[str, torch.Tensor]:
     return out
 
 
-def test_results_equal_the_golden_file():
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled-kernels", "torch-only"])
+def test_results_equal_the_golden_file(compiled, monkeypatch):
+    from gan_monitor.core import native
+    from gan_monitor.dissection.thresholds import kernels
+
+    if compiled and kernels.count_levels() is None:
+        pytest.skip(f"no compiled kernel here: {native.status(kernels.SOURCE)}")
+    monkeypatch.setattr(kernels, "ENABLED", compiled)
     golden = torch.load(GOLDEN, weights_only=True)
     current = compute_results()
     assert sorted(current) == sorted(golden)

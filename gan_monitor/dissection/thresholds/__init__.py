@@ -5,5 +5,6 @@
 top-quantile threshold over a held-out sample; ``streaming``: the same without caching
 the sample, above the memory budget), ``iqr`` / ``iqr_selection`` / ``level_counts``
 (the ICLR 2019 choice of level and label by the IQR score; docs/method.md §3), and
-``sparse_tally`` (counting at known thresholds, upsampling only where a unit can be on).
+``sparse_tally`` (counting at known thresholds, upsampling only where a unit can be on),
+and ``kernels`` (small C kernels compiled on first use that count faster on a CPU).
 """

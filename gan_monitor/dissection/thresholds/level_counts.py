@@ -29,6 +29,16 @@ below ``v`` is ``table[q(v)] + (v > d)``, exactly. Repeated levels are counted b
 mapping distinct-level buckets to level buckets afterwards. A unit whose levels cannot be
 separated within ``MAX_CELLS`` cells falls back to ``torch.bucketize``.
 
+On a CPU, steps 1-4 run in one pass of a small C kernel (``kernels.c``, compiled on first
+use, see ``kernels``): it mixes the upsampled lines from the first of ``upsample``'s two
+matmuls itself where that reproduces ``upsample`` bit for bit (``kernels.rows_arithmetic``,
+else it reads ``upsample``'s output), computes each bucket with the same single-precision
+operations as ``LevelBuckets.bucketize`` and counts it at once (toy GAN, 192 units x 256
+images of 64x64: 0.39 s against 0.72 s for the torch operations). The counts are the same
+(tests compare the paths with each other and a brute force). Without a C compiler, with
+``GAN_MONITOR_NATIVE=0``, on other devices and for units that fall back to
+``torch.bucketize``, the torch code below runs.
+
 Counts are int64 (sums across chunks and processes are exact); memory per call is a few
 arrays of at most ``CHUNK_PIXELS`` values, independent of the number of images.
 """
@@ -39,7 +49,8 @@ import math
 import numpy as np
 import torch
 
-from gan_monitor.dissection.upsample import upsample
+from gan_monitor.dissection.thresholds import kernels
+from gan_monitor.dissection.upsample import upsample, upsample_rows
 
 __all__ = ["LevelBuckets", "LabelCodes", "count_unit", "words_above", "greater", "CHUNK_PIXELS", "WORD", "MAX_CELLS"]
 
@@ -72,22 +83,27 @@ class LevelBuckets:
         self.table: list[torch.Tensor | None] = []  # None: fall back to torch.bucketize
         self.to_levels: list[torch.Tensor | None] = []
         device = levels.device
-        for row in levels:
-            distinct, counts = torch.unique_consecutive(row, return_counts=True)
+        for row in levels.numpy():  # numpy: a few microseconds per call, for ~100 values a row
+            first = np.ones(len(row), dtype=bool)
+            np.not_equal(row[1:], row[:-1], out=first[1:])  # -0.0 == 0.0, as torch.unique_consecutive
+            distinct = row[first]
             lowest = float(distinct[0])
-            span = float(self._shift(distinct[-1:], lowest, math.inf)[0])
+            span = float(_cells(distinct[-1:], lowest, math.inf, None)[0])
             self.lowest.append(lowest)
             self.span.append(span)
-            self.distinct.append(torch.cat([distinct, torch.tensor([math.inf])]))
+            self.distinct.append(torch.from_numpy(np.append(distinct, np.float32(math.inf))))
+            starts = np.flatnonzero(first)
             self.to_levels.append(None if len(distinct) == len(row) else
-                                  torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)]))
+                                  torch.from_numpy(np.append(starts, len(row)).astype(np.int64)))
             table, scale = None, 0.0
             cells = _FIRST_CELLS
             while len(distinct) > 1 and cells <= max_cells:
-                scale = cells / span if span > 0 else 0.0
-                q = self.cell(distinct, lowest, span, scale)
+                # a float32 number: every implementation (torch on any device, the C kernel) multiplies alike
+                scale = float(np.float32(cells / span)) if span > 0 else 0.0
+                q = _cells(distinct, lowest, span, scale)
                 if bool((q[1:] > q[:-1]).all()):  # one distinct level per cell at most
-                    table = _exclusive_counts(q, int(q[-1]) + 1)
+                    counts = np.bincount(q, minlength=int(q[-1]) + 1)
+                    table = torch.from_numpy((np.cumsum(counts) - counts).astype(np.int32))  # #{i: q_i < k}
                     break
                 cells *= 4
             if len(distinct) == 1:
@@ -124,10 +140,15 @@ class LevelBuckets:
         return start + greater(values, distinct.index_select(0, start))
 
 
-def _exclusive_counts(q: torch.Tensor, cells: int) -> torch.Tensor:
-    """``table[k] = #{i : q[i] < k}`` for ``k < cells`` (int32)."""
-    counts = torch.bincount(q.long(), minlength=cells)
-    return (counts.cumsum(0) - counts).to(torch.int32)
+def _cells(x: np.ndarray, lowest: float, span: float, scale: float | None) -> np.ndarray:
+    """``LevelBuckets.cell`` of float32 levels in numpy: the same single-precision operations
+    (float32 constants, each operation correctly rounded) as torch and the C kernel apply to
+    values; ``scale=None`` stops after the shift (the float32 ``span`` itself)."""
+    t = np.subtract(x, np.float32(lowest), dtype=np.float32)
+    np.minimum(np.maximum(t, np.float32(0.0), out=t), np.float32(span), out=t)
+    if scale is None:
+        return t
+    return np.multiply(t, np.float32(scale), out=t).astype(np.int32)
 
 
 class LabelCodes:
@@ -194,15 +215,87 @@ def words_above(up: torch.Tensor, lowest: float, word: int) -> torch.Tensor:
 
 
 def count_unit(raw: torch.Tensor, size: tuple[int, int], codes: LabelCodes, buckets: LevelBuckets,
-               unit: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               unit: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Counts of one unit over a chunk of images, from its raw maps ``raw`` ``[1, B, h, w]``.
 
     Returns int64 ``intersection [C, L+1]`` (pixels of each concept, label 0 included,
     in each level bucket), ``active [G, L+1]`` (pixels per image group and bucket) and
     nothing else; bucket 0 is left uncounted (zero)."""
-    n_levels = buckets.n_levels
+    counts = None
+    if raw.device.type == "cpu" and buckets.table[unit] is not None:
+        counts = _count_native(raw.float(), size, codes, buckets, unit)
+    if counts is None:
+        counts = _count_torch(upsample(raw.float(), size).reshape(-1), codes, buckets, unit)
+    intersection, active = counts
+    to_levels = buckets.to_levels[unit]
+    if to_levels is not None:  # repeated levels: distinct-level bucket -> level bucket
+        n_levels = buckets.n_levels
+        intersection = intersection.new_zeros(n_levels + 1, codes.n_concepts).index_add_(0, to_levels, intersection)
+        active = active.new_zeros(n_levels + 1, codes.n_groups).index_add_(0, to_levels, active)
+    intersection[0] = 0
+    active[0] = 0
+    return intersection.T, active.T
+
+
+def _count_native(raw: torch.Tensor, size: tuple[int, int], codes: LabelCodes, buckets: LevelBuckets, unit: int):
+    """``[m+1, C]`` and ``[m+1, G]`` counts by distinct-level bucket, by a C kernel: from
+    upsample's rows where ``kernels.rows_arithmetic`` reproduces it, else from the upsampled
+    values. ``None`` without kernels, or if one refuses the input (``kernels.refused``)."""
+    height, width = size
+    h, w = raw.shape[-2:]
+    arithmetic = kernels.rows_arithmetic(h, w, size)
+    from_rows = kernels.count_levels_rows() if arithmetic is not None else None
+    kernel = from_rows or kernels.count_levels()
+    if kernel is None or raw.numel() // (h * w) * height * width >= 2 ** 31:
+        return None
+    m = buckets.distinct[unit].numel() - 1
+    c, g = codes.n_concepts, codes.n_groups
+    table, distinct = buckets.table[unit].contiguous(), buckets.distinct[unit].contiguous()
+    if from_rows:
+        rows = upsample_rows(raw, width).contiguous()  # [1, B, h, W]
+        lo, hi, weights = kernels.row_taps(h, height)
+        line = torch.empty(width)
+        maps = rows.numel() // (h * width)
+    else:
+        up = upsample(raw, size).reshape(-1).contiguous()
+    level = (buckets.lowest[unit], buckets.span[unit], buckets.scale[unit], table.data_ptr(), table.numel(),
+             distinct.data_ptr(), m + 1)
+
+    def count(labels: torch.Tensor, code_width: int) -> torch.Tensor:
+        labels = labels.to(torch.int32).contiguous()
+        counts = torch.zeros((m + 1) * code_width, dtype=torch.int64)
+        scratch = torch.empty(4 * (m + 1) * code_width, dtype=torch.int32)
+        tail = (labels.data_ptr(), code_width, counts.data_ptr(), scratch.data_ptr())
+        if from_rows:
+            error = kernel(rows.data_ptr(), maps, h, width, height, lo.data_ptr(), hi.data_ptr(), weights.data_ptr(),
+                           int(arithmetic == "fused"), *level, *tail, line.data_ptr())
+        else:
+            error = kernel(up.data_ptr(), up.numel(), *level, *tail)
+        if error:
+            raise _Refused(error)
+        return counts.view(m + 1, code_width)
+
+    try:
+        if codes.combined:
+            joint = count(codes.first, c * g).view(m + 1, c, g)
+            intersection, active = joint.sum(2), joint.sum(1)
+        else:
+            intersection, active = count(codes.first, c), count(codes.group, g)
+        for labels in codes.others:
+            intersection = intersection + count(labels, c)
+    except _Refused as error:
+        kernels.refused("gm_count_levels", error.args[0], f"unit {unit}")
+        return None
+    return intersection, active
+
+
+class _Refused(Exception):
+    pass
+
+
+def _count_torch(up: torch.Tensor, codes: LabelCodes, buckets: LevelBuckets, unit: int):
+    """``_count_native`` with torch operations (any device)."""
     word = codes.word
-    up = upsample(raw.float(), size).reshape(-1)
     index = words_above(up, buckets.lowest[unit], word)
     values = _words(up, word).index_select(0, index).reshape(-1)
     bucket = buckets.bucketize(unit, values)
@@ -220,10 +313,4 @@ def count_unit(raw: torch.Tensor, size: tuple[int, int], codes: LabelCodes, buck
         other = _words(labels, word).index_select(0, index).reshape(-1)
         intersection = intersection + torch.bincount(torch.add(other, bucket, alpha=c),
                                                      minlength=(m + 1) * c).view(m + 1, c)
-    to_levels = buckets.to_levels[unit]
-    if to_levels is not None:  # repeated levels: distinct-level bucket -> level bucket
-        intersection = intersection.new_zeros(n_levels + 1, c).index_add_(0, to_levels, intersection)
-        active = active.new_zeros(n_levels + 1, g).index_add_(0, to_levels, active)
-    intersection[0] = 0
-    active[0] = 0
-    return intersection.T, active.T
+    return intersection, active

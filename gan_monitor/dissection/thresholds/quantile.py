@@ -43,7 +43,7 @@ from gan_monitor.dissection.tally import image_chunks
 from gan_monitor.dissection.thresholds.active_pixels import ActivePixels
 from gan_monitor.dissection.thresholds.top_values import TopValues
 from gan_monitor.dissection.upsample import upsample
-from gan_monitor.dissection.upsample_blocks import AxisBlocks, PixelValues, neighbourhood_max, pick_arithmetic, taps
+from gan_monitor.dissection.upsample_blocks import PixelValues, axis_blocks, neighbourhood_max, pick_arithmetic, taps
 
 __all__ = ["interpolate_at", "floor_index", "guess_floors", "exact_thresholds", "collect_above_floors", "ActivePixels"]
 
@@ -62,10 +62,13 @@ def interpolate_at(raw: torch.Tensor, positions: torch.Tensor, size: tuple[int, 
     def at(rows, cols):
         return flat.gather(2, (rows * w + cols)[:, None, :].expand(b, u, -1))
 
+    def mix(low, w_low, high, w_high):  # low * w_low + high * w_high, in place (the same roundings)
+        return low.mul_(w_low).add_(high.mul_(w_high))
+
     wy, wx = fy[y][:, None, :], fx[x][:, None, :]
-    top = at(ylo[y], xlo[x]) * (1 - wx) + at(ylo[y], xhi[x]) * wx
-    bottom = at(yhi[y], xlo[x]) * (1 - wx) + at(yhi[y], xhi[x]) * wx
-    return top * (1 - wy) + bottom * wy
+    top = mix(at(ylo[y], xlo[x]), 1 - wx, at(ylo[y], xhi[x]), wx)
+    bottom = mix(at(yhi[y], xlo[x]), 1 - wx, at(yhi[y], xhi[x]), wx)
+    return mix(top, 1 - wy, bottom, wy)
 
 
 def floor_index(s: int, rank: int, pixels: int) -> int:
@@ -129,7 +132,7 @@ def collect_above_floors(cache: list[torch.Tensor], size: tuple[int, int], floor
     h, w = cache[0].shape[-2:]
     device = cache[0].device
     channels = torch.arange(cache[0].shape[1], device=device) if units is None else units
-    ys, xs = AxisBlocks(h, height, device), AxisBlocks(w, width, device)
+    ys, xs = axis_blocks(h, height, device), axis_blocks(w, width, device)
     arithmetic = pick_arithmetic((h, w), size, ys, xs, device)
     exact_at = None if arithmetic is None else PixelValues(cache, size, units, arithmetic, ys, xs)
     floors = floors.float()
@@ -156,8 +159,8 @@ def collect_above_floors(cache: list[torch.Tensor], size: tuple[int, int], floor
         if exact_at is None:
             parts += _collect_dense(maps, size, floors[u0:u0 + step], u0, position_dtype)
             continue
-        low, high = torch.aminmax(maps.view(*maps.shape[:2], -1), dim=2)
-        near = 1e-5 * torch.maximum(high, -low).flatten()  # per map: bounds rounding differences
+        largest = maps.view(*maps.shape[:2], -1).abs().amax(2)  # (aminmax along a dim: 10x slower here)
+        near = 1e-5 * largest.flatten()  # per map: bounds rounding differences
         slack[u0:u0 + step] = near.view(maps.shape[:2]).amax(1)
         level = floors[u0:u0 + step]
         reach = neighbourhood_max(maps)  # bounds the pixels of the cell's blocks, up to rounding

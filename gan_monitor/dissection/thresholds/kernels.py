@@ -1,0 +1,148 @@
+"""The compiled counting kernels of the threshold passes (``kernels.c``), or ``None``.
+
+``gan_monitor.core.native`` compiles ``kernels.c`` on first use; these accessors declare
+the C signatures and hand out the functions, or ``None`` where there is no library
+(no C compiler, ``GAN_MONITOR_NATIVE=0``) so that callers count with torch. Every path
+gives the same integer counts (tests/dissection/test_kernels.py, test_sparse_tally.py and
+the golden file). A kernel that refuses its input (an error code) switches the kernels off
+for the rest of the process, with one warning.
+
+- ``count_levels`` / ``count_levels_rows``: iqr mode's level count of one unit
+  (``level_counts.count_unit``), from upsampled values or from upsample's first matmul
+  (``upsample.upsample_rows``), whose rows the kernel mixes into output lines itself.
+- ``count_above`` / ``count_above_rows``: counts at known thresholds
+  (``sparse_tally.tally_above``), likewise.
+- ``rows_arithmetic(h, size)``: how the second matmul of ``upsample`` rounds for this
+  geometry on this machine (``"plain"`` or ``"fused"``), found once by reproducing it bit
+  for bit with ``gm_interpolate`` on seeded random maps; ``None`` when neither does (or
+  fused rounding needs hardware FMA that is missing): the rows kernels are then not used.
+"""
+from __future__ import annotations
+
+import ctypes
+import warnings
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from gan_monitor.core import native
+from gan_monitor.dissection.upsample import interpolation_matrix, upsample, upsample_rows
+
+__all__ = ["count_levels", "count_levels_rows", "count_above", "count_above_rows", "rows_arithmetic", "row_taps",
+           "refused", "reset", "SOURCE", "ENABLED"]
+
+SOURCE = Path(__file__).with_name("kernels.c")
+_P, _I64, _F32, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
+_MIX = [_P, _P, _P, _INT]  # lo, hi, weights, fused
+_LEVELS = [_F32, _F32, _F32, _P, _I64, _P, _I64, _P, _I64, _P, _P]  # lowest .. codes, width, counts, scratch
+_SIGNATURES = {
+    "gm_count_levels": [_P, _I64] + _LEVELS,  # values, n, ...
+    "gm_count_levels_rows": [_P, _I64, _I64, _I64, _I64] + _MIX + _LEVELS + [_P],  # rows, maps, h, W, H, ..., line
+    # values, images, units, pixels, thresholds, labels, depth, concepts, per_image, intersection
+    "gm_count_above": [_P, _I64, _I64, _I64, _P, _P, _I64, _I64, _P, _P],
+    # rows, images, units, h, W, H, lo, hi, weights, fused, thresholds, labels, depth, concepts, per_image,
+    # intersection, line
+    "gm_count_above_rows": [_P, _I64, _I64, _I64, _I64, _I64] + _MIX + [_P, _P, _I64, _I64, _P, _P, _P],
+    "gm_interpolate": [_P, _I64, _I64, _I64, _I64] + _MIX + [_P],  # rows, maps, h, W, H, ..., out
+    "gm_fused_available": [],
+}
+#: Set to False (tests) to count with torch although the library is there.
+ENABLED = True
+_functions: dict | None = None  # name -> ctypes function, resolved on first use ({} when unavailable)
+_arithmetic: dict = {}  # (h, w, H, W) -> "plain" / "fused" / None
+
+
+def _function(name: str):
+    global _functions
+    if not ENABLED:
+        return None
+    if _functions is None:
+        library = native.load(SOURCE)
+        _functions = {}
+        if library is not None:
+            for symbol, argtypes in _SIGNATURES.items():
+                function = getattr(library, symbol)
+                function.argtypes, function.restype = argtypes, ctypes.c_int
+                _functions[symbol] = function
+    return _functions.get(name)
+
+
+def count_levels():
+    """``gm_count_levels`` (see ``kernels.c``) or ``None``."""
+    return _function("gm_count_levels")
+
+
+def count_levels_rows():
+    """``gm_count_levels_rows`` or ``None``."""
+    return _function("gm_count_levels_rows")
+
+
+def count_above():
+    """``gm_count_above`` or ``None``."""
+    return _function("gm_count_above")
+
+
+def count_above_rows():
+    """``gm_count_above_rows`` or ``None``."""
+    return _function("gm_count_above_rows")
+
+
+@lru_cache(maxsize=64)
+def row_taps(h: int, height: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(low row int32 ``[height]``, high row int32 ``[height]``, their weights float32
+    ``[height, 2]``): the nonzero entries of each row of ``upsample``'s y interpolation
+    matrix (the same float32 weights its matmul multiplies by). Cached: read-only."""
+    matrix = interpolation_matrix(h, height)  # float32 [height, h]
+    lo = torch.arange(height)
+    nonzero = matrix != 0
+    first = torch.where(nonzero.any(1), nonzero.float().argmax(1), lo * 0)
+    last = h - 1 - torch.where(nonzero.any(1), nonzero.flip(1).float().argmax(1), lo * 0)
+    if bool(((last - first) > 1).any()):
+        raise ValueError("upsample's interpolation matrix has more than two taps per row")
+    weights = torch.stack([matrix[lo, first], torch.where(last > first, matrix[lo, last], 0.0)], 1)
+    return first.int().contiguous(), last.int().contiguous(), weights.contiguous()
+
+
+def rows_arithmetic(h: int, w: int, size: tuple[int, int]) -> str | None:
+    """``"plain"`` or ``"fused"``: the mixing of ``upsample_rows`` that reproduces
+    ``upsample`` bit for bit for ``[h, w]`` maps upsampled to ``size`` here, checked once on
+    seeded random maps (cached); ``None`` if neither does or there is no kernel."""
+    key = (int(h), int(w), int(size[0]), int(size[1]))
+    interpolate, available = _function("gm_interpolate"), _function("gm_fused_available")
+    if interpolate is None:
+        return None
+    if key not in _arithmetic:
+        found = None
+        if key[:2] != key[2:]:  # (same size: upsample copies nothing)
+            height, width = key[2:]
+            x = torch.randn(2, 32, h, w, generator=torch.Generator().manual_seed(0)) * 3
+            reference = upsample(x, size)
+            rows = upsample_rows(x, width).contiguous()
+            lo, hi, weights = row_taps(h, height)
+            out = torch.empty(2 * 32 * height * width)
+            for name, fused in (("fused", 1), ("plain", 0)):
+                if fused and not available():
+                    continue
+                error = interpolate(rows.data_ptr(), 64, h, width, height, lo.data_ptr(), hi.data_ptr(),
+                                    weights.data_ptr(), fused, out.data_ptr())
+                if not error and torch.equal(out.view_as(reference), reference):
+                    found = name
+                    break
+        _arithmetic[key] = found
+    return _arithmetic[key]
+
+
+def refused(name: str, code: int, what: str) -> None:
+    """A kernel returned error ``code`` on ``what``: switch the kernels off in this process, warning once."""
+    global _functions
+    _functions = {}
+    warnings.warn(f"gan_monitor: the compiled counting kernel {name} refused {what} (error {code}); counting "
+                  "with torch from now on (same results, slower).", RuntimeWarning, stacklevel=3)
+
+
+def reset() -> None:
+    """Look for the library again on next use, and probe the arithmetic again (tests)."""
+    global _functions
+    _functions = None
+    _arithmetic.clear()
