@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import logging
 import os
 import platform
 import shutil
@@ -118,6 +119,8 @@ def load(source: str | os.PathLike) -> ctypes.CDLL | None:
             except (OSError, subprocess.SubprocessError) as error:
                 library, message = None, f"could not build {source.name} with {compiler}: {error}"
         _loaded[key], _status[key] = library, message
+        if library is None:  # an exact torch path takes over: worth a log line, not a warning
+            logging.getLogger(__name__).info("gan_monitor: compiled kernel %s not used: %s", source.name, message)
         return library
 
 
