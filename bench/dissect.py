@@ -19,9 +19,10 @@
     the same for an iqr-mode dissection (its iqr sample cached or streamed).
 
 (a) runs ``--repeat`` rounds after one warm-up call of each; a round times the forward
-pass, the quantile-mode and the iqr-mode dissection back to back. It prints the best
-wall clock and CPU time (of this process) of each, the ratios of those best times, and
-the median and range over rounds of each round's CPU-time ratio. On a shared machine all
+pass before and after each dissection (forward, quantile, forward, iqr, forward, ...). It
+prints the best wall clock and CPU time (of this process) of each, the ratios of those
+best times, and the median and range over rounds of each dissection's CPU time over the
+mean of the two forward passes around it (the machine's speed drifts within minutes). On a shared machine all
 are disturbed; compare figures from the same run. Timings run on ``--threads`` CPU
 threads (default 1).
 """
@@ -94,11 +95,20 @@ def bench_ratio(n, batch_size, layers, repeat):
     for run in runs.values():  # warm up (one-time probes, allocator)
         run()
     best = {name: (math.inf, math.inf) for name in runs}
-    rounds = []  # CPU seconds of each run, back to back
+    rounds = []  # per round: CPU seconds of each dissection over the mean of the forward runs around it
     for _ in range(repeat):
-        times = {name: best_of(1, run) for name, run in runs.items()}
-        best = {name: tuple(map(min, best[name], times[name])) for name in runs}
-        rounds.append({name: t[1] for name, t in times.items()})
+        forward = [best_of(1, forward_only)]
+        ratios = {}
+        for name, run in runs.items():  # forward, dissection, forward, dissection, ..., forward
+            if name == "forward":
+                continue
+            took = best_of(1, run)
+            forward.append(best_of(1, forward_only))
+            best[name] = tuple(map(min, best[name], took))
+            ratios[name] = took[1] / ((forward[-2][1] + forward[-1][1]) / 2)
+        for took in forward:
+            best["forward"] = tuple(map(min, best["forward"], took))
+        rounds.append(ratios)
     units = {name: tuple(s) for name, s in generator.featuremap_shapes().items() if name in layers}
     print(f"(a) toy GAN 64x64, layers {units}, n={n}, batch {batch_size}, {repeat} rounds")
     print(f"    compiled counting kernel: {native.status(kernels.SOURCE)}")
@@ -106,7 +116,7 @@ def bench_ratio(n, batch_size, layers, repeat):
     for mode, goal in (("quantile", 1.25), ("iqr", 2.5), ("iqr, torch only", 2.5)):
         if mode not in runs:
             continue
-        per_round = sorted(r[mode] / r["forward"] for r in rounds)
+        per_round = sorted(r[mode] for r in rounds)
         print(f"    dissect, {mode + ' mode':21s}: {_fmt(best[mode], n)}")
         print(f"      ratio to forward (goal <= {goal}): best times wall {best[mode][0] / best['forward'][0]:.2f}, "
               f"cpu {best[mode][1] / best['forward'][1]:.2f}; cpu per round median "

@@ -242,3 +242,40 @@ def test_rows_arithmetic_reproduces_upsample_bit_for_bit(shape, size):
                                                 weights.data_ptr(), int(arithmetic == "fused"), out.data_ptr())
     assert error == 0
     assert torch.equal(out.view(3, 5, *size), upsample(x, size))
+
+
+def test_units_counted_in_parallel_threads_give_the_same_counts(monkeypatch):
+    """With several torch threads the compiled counts run units in a thread pool (the
+    kernels release the GIL); the counts equal the single-threaded torch code's."""
+    compiled_or_skip()
+    from gan_monitor.dissection.tally import LayerTally
+    from gan_monitor.dissection.thresholds import sparse_tally
+    from gan_monitor.dissection.thresholds.iqr import LevelTally
+
+    gen = torch.Generator().manual_seed(21)
+    acts = torch.randn(10, 9, 4, 4, generator=gen)
+    seg = torch.randint(0, len(CATS), (10, 2, 16, 16), generator=gen)
+    levels = torch.sort(upsample(acts, (16, 16)).transpose(0, 1).flatten(1)[:, ::23][:, :20]).values
+    thresholds = levels[:, 15].contiguous()
+    monkeypatch.setattr(sparse_tally, "GROUP_VALUES", 1)  # one unit per task
+    results = {}
+    for name, pool in (("threads", 3), ("torch", None)):
+        with monkeypatch.context() as setting:
+            if pool is None:
+                setting.setattr(kernels, "ENABLED", False)
+            else:
+                setting.setattr(kernels, "threads", lambda: pool)
+                used = []
+                pooled = kernels.map_in_threads
+                setting.setattr(kernels, "map_in_threads", lambda f, items: used.append(1) or pooled(f, items))
+            level_tally = LevelTally(levels, CATS)
+            level_tally.update(acts, seg)
+            tally = LayerTally(thresholds, CATS)
+            sparse_tally.tally_above(tally, acts, tally.encode(seg))
+            results[name] = (level_tally.intersection, level_tally.active_in_category, tally.intersection,
+                             tally.active_in_category)
+            if pool is not None:
+                assert len(used) == 2  # both counts went through the pool
+    for got, want in zip(results["threads"], results["torch"]):
+        assert torch.equal(got, want)
+    assert results["torch"][0].sum() > 0 and results["torch"][2].sum() > 0

@@ -31,6 +31,7 @@ from gan_monitor.dissection.tally import (
     dedupe_labels,
     image_chunks,
 )
+from gan_monitor.dissection.thresholds import kernels
 from gan_monitor.dissection.thresholds.level_counts import (
     CHUNK_PIXELS,
     LabelCodes,
@@ -132,7 +133,7 @@ class LevelTally(Metric):
     def update(self, acts: torch.Tensor, seg) -> None:  # type: ignore[override]
         """Count raw featuremaps ``acts`` ``[B, U, h, w]`` against their segmentations
         (long ``[B, (D,) H, W]`` or an ``EncodedSegmentation``), unit by unit
-        (``level_counts.count_unit``)."""
+        (``level_counts.count_unit``; with the compiled kernels, units in parallel threads)."""
         if isinstance(seg, EncodedSegmentation):
             labels, category_present, (height, width) = seg.labels, seg.category_present, seg.size
         else:
@@ -152,8 +153,13 @@ class LevelTally(Metric):
             codes = LabelCodes(labels[start:stop], category_present[start:stop], self.n_concepts)
             groups = codes.groups.long().T  # [K, G]
             maps = acts[start:stop].float().transpose(0, 1).contiguous()  # [U, b, h, w]
-            for unit in range(self.n_units):
-                intersection, active = count_unit(maps[unit:unit + 1], (height, width), codes, buckets, unit)
+
+            def one(unit: int):
+                return count_unit(maps[unit:unit + 1], (height, width), codes, buckets, unit)
+
+            compiled = maps.device.type == "cpu" and kernels.count_levels() is not None
+            counted = kernels.map_in_threads(one, range(self.n_units)) if compiled else map(one, range(self.n_units))
+            for unit, (intersection, active) in enumerate(counted):
                 self.intersection[unit] += intersection
                 self.active[unit] += active.sum(0)
                 self.active_in_category[unit] += groups @ active

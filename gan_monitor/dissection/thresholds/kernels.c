@@ -80,6 +80,15 @@ static int mix(const float *rows, int64_t y_lo, int64_t y_hi, int64_t width, con
 #endif
 }
 
+/* 1 if one of n values is above level (a line without is skipped). */
+GM_VECTORIZE static int any_above(const float *v, int64_t n, float level)
+{
+    int any = 0;
+    int64_t i;
+    for (i = 0; i < n; i++) any |= v[i] > level;
+    return any;
+}
+
 /* rows [maps, h, width] -> out [maps, height, width] (lo, hi: [height] row indices; weights
  * [height, 2]: their weights). Used to check the arithmetic against torch's upsample. */
 int gm_interpolate(const float *rows, int64_t maps, int64_t h, int64_t width, int64_t height, const int32_t *lo,
@@ -202,6 +211,7 @@ int gm_count_levels_rows(const float *rows, int64_t maps, int64_t h, int64_t wid
     for (m = 0; m < maps; m++)
         for (y = 0; y < height; y++) {
             if ((error = mix(rows + m * h * width, lo[y], hi[y], width, weights + 2 * y, fused, line))) return error;
+            if (!any_above(line, width, lowest)) continue; /* all in bucket 0 */
             if ((error = count_levels_of(&c, line, codes + (m * height + y) * width, width))) return error;
         }
     level_count_finish(&c, buckets, counts);
@@ -270,6 +280,7 @@ int gm_count_above_rows(const float *rows, int64_t images, int64_t units, int64_
             int64_t on = 0;
             for (y = 0; y < height; y++) {
                 if ((error = mix(maps, lo[y], hi[y], width, weights + 2 * y, fused, line))) return error;
+                if (!any_above(line, width, thresholds[unit])) continue; /* nothing on in this line */
                 if ((error = count_above_of(line, width, thresholds[unit], labels + image * depth * pixels + y * width,
                                             depth, pixels, concepts, intersection + unit * concepts, &on)))
                     return error;

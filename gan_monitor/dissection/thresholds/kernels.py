@@ -12,6 +12,8 @@ for the rest of the process, with one warning.
   (``upsample.upsample_rows``), whose rows the kernel mixes into output lines itself.
 - ``count_above`` / ``count_above_rows``: counts at known thresholds
   (``sparse_tally.tally_above``), likewise.
+- ``map_in_threads(function, items)``: the kernels are single-threaded and release the
+  GIL (ctypes), so callers spread units over ``torch.get_num_threads()`` Python threads.
 - ``rows_arithmetic(h, size)``: how the second matmul of ``upsample`` rounds for this
   geometry on this machine (``"plain"`` or ``"fused"``), found once by reproducing it bit
   for bit with ``gm_interpolate`` on seeded random maps; ``None`` when neither does (or
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import ctypes
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 
@@ -30,7 +33,7 @@ from gan_monitor.core import native
 from gan_monitor.dissection.upsample import interpolation_matrix, upsample, upsample_rows
 
 __all__ = ["count_levels", "count_levels_rows", "count_above", "count_above_rows", "rows_arithmetic", "row_taps",
-           "refused", "reset", "SOURCE", "ENABLED"]
+           "map_in_threads", "threads", "refused", "reset", "SOURCE", "ENABLED"]
 
 SOURCE = Path(__file__).with_name("kernels.c")
 _P, _I64, _F32, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
@@ -131,6 +134,23 @@ def rows_arithmetic(h: int, w: int, size: tuple[int, int]) -> str | None:
                     break
         _arithmetic[key] = found
     return _arithmetic[key]
+
+
+def threads() -> int:
+    """Python threads ``map_in_threads`` uses: torch's intra-op thread count (1: no pool)."""
+    return max(1, torch.get_num_threads())
+
+
+def map_in_threads(function, items) -> list:
+    """``[function(item) for item in items]``, spread over ``threads()`` threads when that is
+    more than one (for calls that spend their time in the compiled kernels, which release
+    the GIL; results in the order of ``items``)."""
+    items = list(items)
+    workers = min(threads(), len(items))
+    if workers <= 1:
+        return [function(item) for item in items]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gan_monitor-count") as pool:
+        return list(pool.map(function, items))
 
 
 def refused(name: str, code: int, what: str) -> None:

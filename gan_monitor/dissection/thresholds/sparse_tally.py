@@ -65,23 +65,25 @@ def _count_dense(tally: LayerTally, acts: torch.Tensor, encoded: EncodedSegmenta
     intersection = torch.zeros(n_units, tally.n_concepts, dtype=torch.int64)
     if from_rows:
         lo, hi, weights = kernels.row_taps(h, height)
-        line = torch.empty(width)
     step = max(1, GROUP_VALUES // max(1, n_images * pixels))
-    for u0 in range(0, n_units, step):
+
+    def group(u0: int) -> int:  # writes rows u0.. of per_image and intersection only: groups run in parallel
         part = acts[:, u0:u0 + step].float()
         level = thresholds[u0:u0 + step].contiguous()
         tail = (level.data_ptr(), labels.data_ptr(), depth, tally.n_concepts, per_image[u0].data_ptr(),
                 intersection[u0].data_ptr())
         if from_rows:
             rows = upsample_rows(part, width).contiguous()  # [B, s, h, W]
-            error = kernel(rows.data_ptr(), n_images, part.shape[1], h, width, height, lo.data_ptr(), hi.data_ptr(),
-                           weights.data_ptr(), int(arithmetic == "fused"), *tail, line.data_ptr())
-        else:
-            up = upsample(part, encoded.size).contiguous()  # [B, s, H, W]
-            error = kernel(up.data_ptr(), n_images, part.shape[1], pixels, *tail)
-        if error:
-            kernels.refused(kernel.__name__, error, f"a batch of {n_images} images")
-            return False
+            line = torch.empty(width)
+            return kernel(rows.data_ptr(), n_images, part.shape[1], h, width, height, lo.data_ptr(), hi.data_ptr(),
+                          weights.data_ptr(), int(arithmetic == "fused"), *tail, line.data_ptr())
+        up = upsample(part, encoded.size).contiguous()  # [B, s, H, W]
+        return kernel(up.data_ptr(), n_images, part.shape[1], pixels, *tail)
+
+    errors = [error for error in kernels.map_in_threads(group, range(0, n_units, step)) if error]
+    if errors:
+        kernels.refused(kernel.__name__, errors[0], f"a batch of {n_images} images")
+        return False
     intersection[:, 0] = 0
     tally.active += per_image.sum(1)
     tally.active_in_category += per_image @ encoded.category_present.long()
