@@ -134,13 +134,12 @@ class BatchRunner:
             if all_finite(a):
                 continue
             bad = ~torch.isfinite(a)
-            if bad.any():
-                units = bad.transpose(0, 1).flatten(1).any(1).nonzero().flatten().tolist()
-                raise ValueError(
-                    f"layer {name!r} has NaN/inf activations in units {units[:20]}"
-                    f"{' ...' if len(units) > 20 else ''} (samples from {int(self.ids[start])}); fix the generator "
-                    "(e.g. a diverged checkpoint) before dissecting."
-                )
+            units = bad.transpose(0, 1).flatten(1).any(1).nonzero().flatten().tolist()
+            raise ValueError(
+                f"layer {name!r} has NaN/inf activations in units {units[:20]}"
+                f"{' ...' if len(units) > 20 else ''} (samples from {int(self.ids[start])}); fix the generator "
+                "(e.g. a diverged checkpoint) before dissecting."
+            )
 
     def _checked_images(self, start: int, images: Any) -> Any:
         """``images`` checked (finite; first batch: in the declared range) and mapped to [-1, 1]."""

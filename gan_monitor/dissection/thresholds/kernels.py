@@ -14,7 +14,8 @@ for the rest of the process, with one warning.
   (``sparse_tally.tally_above``), likewise.
 - ``map_in_threads(function, items)``: the kernels are single-threaded and release the
   GIL (ctypes), so callers spread units over ``torch.get_num_threads()`` Python threads.
-- ``rows_arithmetic(h, size)``: how the second matmul of ``upsample`` rounds for this
+- ``choose``: the rows variant where ``rows_arithmetic`` allows it, else the other.
+- ``rows_arithmetic(h, w, size)``: how the second matmul of ``upsample`` rounds for this
   geometry on this machine (``"plain"`` or ``"fused"``), found once by reproducing it bit
   for bit with ``gm_interpolate`` on seeded random maps; ``None`` when neither does (or
   fused rounding needs hardware FMA that is missing): the rows kernels are then not used.
@@ -30,10 +31,11 @@ from pathlib import Path
 import torch
 
 from gan_monitor.core import native
-from gan_monitor.dissection.upsample import interpolation_matrix, upsample, upsample_rows
+from gan_monitor.dissection.upsample import upsample, upsample_rows
+from gan_monitor.dissection.upsample_blocks import axis_blocks, dense_weights, taps
 
 __all__ = ["count_levels", "count_levels_rows", "count_above", "count_above_rows", "rows_arithmetic", "row_taps",
-           "map_in_threads", "threads", "refused", "reset", "SOURCE", "ENABLED"]
+           "choose", "map_in_threads", "threads", "refused", "reset", "SOURCE", "ENABLED"]
 
 SOURCE = Path(__file__).with_name("kernels.c")
 _P, _I64, _F32, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
@@ -94,17 +96,23 @@ def count_above_rows():
 @lru_cache(maxsize=64)
 def row_taps(h: int, height: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(low row int32 ``[height]``, high row int32 ``[height]``, their weights float32
-    ``[height, 2]``): the nonzero entries of each row of ``upsample``'s y interpolation
-    matrix (the same float32 weights its matmul multiplies by). Cached: read-only."""
-    matrix = interpolation_matrix(h, height)  # float32 [height, h]
-    lo = torch.arange(height)
-    nonzero = matrix != 0
-    first = torch.where(nonzero.any(1), nonzero.float().argmax(1), lo * 0)
-    last = h - 1 - torch.where(nonzero.any(1), nonzero.flip(1).float().argmax(1), lo * 0)
-    if bool(((last - first) > 1).any()):
-        raise ValueError("upsample's interpolation matrix has more than two taps per row")
-    weights = torch.stack([matrix[lo, first], torch.where(last > first, matrix[lo, last], 0.0)], 1)
-    return first.int().contiguous(), last.int().contiguous(), weights.contiguous()
+    ``[height, 2]``) of each output row: ``upsample_blocks.taps`` and ``dense_weights``, the
+    taps ``PixelValues`` mixes. Cached: read-only."""
+    lo, hi, _ = taps(h, height, "cpu")
+    weights = dense_weights(axis_blocks(h, height, "cpu"), height)
+    return lo.int().contiguous(), hi.int().contiguous(), weights.contiguous()
+
+
+def choose(h: int, w: int, size: tuple[int, int], rows, dense):
+    """``(kernel, fused)`` for ``[h, w]`` maps upsampled to ``size``: the rows variant
+    (``rows()``) and its mixing (1 fused, 0 plain) where ``rows_arithmetic`` reproduces
+    ``upsample``, else the variant reading upsampled values (``dense()``) and ``None``;
+    ``(None, None)`` without kernels."""
+    arithmetic = rows_arithmetic(h, w, size)
+    kernel = rows() if arithmetic is not None else None
+    if kernel is not None:
+        return kernel, int(arithmetic == "fused")
+    return dense(), None
 
 
 def rows_arithmetic(h: int, w: int, size: tuple[int, int]) -> str | None:

@@ -243,9 +243,8 @@ def _count_native(raw: torch.Tensor, size: tuple[int, int], codes: LabelCodes, b
     values. ``None`` without kernels, or if one refuses the input (``kernels.refused``)."""
     height, width = size
     h, w = raw.shape[-2:]
-    arithmetic = kernels.rows_arithmetic(h, w, size)
-    from_rows = kernels.count_levels_rows() if arithmetic is not None else None
-    kernel = from_rows or kernels.count_levels()
+    kernel, fused = kernels.choose(h, w, size, kernels.count_levels_rows, kernels.count_levels)
+    from_rows = fused is not None
     if kernel is None or raw.numel() // (h * w) * height * width >= 2 ** 31:
         return None
     m = buckets.distinct[unit].numel() - 1
@@ -268,7 +267,7 @@ def _count_native(raw: torch.Tensor, size: tuple[int, int], codes: LabelCodes, b
         tail = (labels.data_ptr(), code_width, counts.data_ptr(), scratch.data_ptr())
         if from_rows:
             error = kernel(rows.data_ptr(), maps, h, width, height, lo.data_ptr(), hi.data_ptr(), weights.data_ptr(),
-                           int(arithmetic == "fused"), *level, *tail, line.data_ptr())
+                           fused, *level, *tail, line.data_ptr())
         else:
             error = kernel(up.data_ptr(), up.numel(), *level, *tail)
         if error:

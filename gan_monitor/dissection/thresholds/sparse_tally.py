@@ -53,9 +53,8 @@ def _count_dense(tally: LayerTally, acts: torch.Tensor, encoded: EncodedSegmenta
     False (nothing counted) without kernels or if one refuses the input."""
     height, width = encoded.size
     h, w = acts.shape[-2:]
-    arithmetic = kernels.rows_arithmetic(h, w, encoded.size)
-    from_rows = kernels.count_above_rows() if arithmetic is not None else None
-    kernel = from_rows or kernels.count_above()
+    kernel, fused = kernels.choose(h, w, encoded.size, kernels.count_above_rows, kernels.count_above)
+    from_rows = fused is not None
     if kernel is None:
         return False
     labels = encoded.labels.to(torch.int32).contiguous()  # [B, D, P], repeats already 0
@@ -76,7 +75,7 @@ def _count_dense(tally: LayerTally, acts: torch.Tensor, encoded: EncodedSegmenta
             rows = upsample_rows(part, width).contiguous()  # [B, s, h, W]
             line = torch.empty(width)
             return kernel(rows.data_ptr(), n_images, part.shape[1], h, width, height, lo.data_ptr(), hi.data_ptr(),
-                          weights.data_ptr(), int(arithmetic == "fused"), *tail, line.data_ptr())
+                          weights.data_ptr(), fused, *tail, line.data_ptr())
         up = upsample(part, encoded.size).contiguous()  # [B, s, H, W]
         return kernel(up.data_ptr(), n_images, part.shape[1], pixels, *tail)
 
